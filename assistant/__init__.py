@@ -1,0 +1,1 @@
+"""Nightjar's assistant: model serving, reasoning strategies, the conversation and its feedback."""

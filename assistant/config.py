@@ -1,0 +1,245 @@
+"""Nightjar's configuration, in one typed place.
+
+Precedence, lowest to highest: defaults here < the TOML file < NIGHTJAR_<SECTION>_<KEY> environment
+variables < command-line flags. All state lives under one home: `--home DIR` / `NIGHTJAR_HOME` puts the
+config file and every data file there; without it the config file is in the user config dir and data in the
+user data dir (platformdirs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from assistant.errors import ConfigError
+from retrieval.config import RetrievalConfig
+
+STRATEGIES = ("direct", "cot", "self-consistency", "tot", "react", "auto")
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # a GGUF to serve; empty: the served model version (the embedded SmolLM2 at first)
+    n_ctx: int = 4096
+    n_threads: int = 0  # 0: one per available core
+    n_gpu_layers: int = 0
+    system_prompt: str = "Answer the user's question concisely and accurately."
+
+
+@dataclass
+class GenerationConfig:
+    temperature: float = 0.0
+    top_p: float = 0.95
+    max_tokens: int = 512
+    seed: int = 0
+
+
+@dataclass
+class AskConfig:
+    strategy: str = "direct"
+    retrieval: bool = True
+
+
+@dataclass
+class ReasoningConfig:
+    samples: int = 5  # self-consistency: reasoning samples that vote on the answer
+    sample_temperature: float = 0.7  # self-consistency and tot: temperature of the samples
+    breadth: int = 3  # tot: next thoughts proposed per state
+    beam: int = 2  # tot: states kept per depth (0: keep all, plain breadth-first search)
+    depth: int = 3  # tot: most reasoning steps
+    max_steps: int = 6  # react: most Thought -> Action -> Observation steps
+    token_budget: int = 24000  # tot and react: most tokens (prompt + completion) one answer may use
+    step_tokens: int = 320  # cot and self-consistency: most tokens of one reasoning text
+
+
+@dataclass
+class FeedbackConfig:
+    holdout_fraction: float = 0.2  # share of prompts kept out of training, for evaluation (stable by hash)
+    max_rows: int = 2000  # cap: most rows of one kind a training run samples
+    max_rows_per_prompt: int = 2  # most rows a run samples from one group of near-duplicate prompts
+    near_duplicate_similarity: float = 0.8  # word overlap (Jaccard) making two prompts near-duplicates
+    recency_half_life_days: float = 30.0  # a row's sampling weight halves with every this many days of age
+    retention_days: int = 365  # rows older than this are no longer sampled for training (0: no limit)
+    regenerate_temperature: float = 0.8  # a regeneration samples at least this warm, so it can differ
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    ask: AskConfig = field(default_factory=AskConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    # where things live; set by load(), not by the file
+    home: Path = field(default=Path("."), metadata={"internal": True})
+    config_file: Path = field(default=Path("config.toml"), metadata={"internal": True})
+
+    # ---- locations of state under the home ----
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "nightjar.db"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.type for f in dataclasses.fields(Config) if not f.metadata.get("internal")}
+
+
+def _section_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(Config)
+    return {name: hints[name] for name in _sections()}
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """Check (and for env/CLI strings, convert) a value to the dataclass field's type."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    origin = typing.get_origin(kind)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(kind) or (str,)
+        return [_coerce(v, item, where) for v in value]
+    if kind is bool:
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if kind is int and isinstance(value, float) and value != number:
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        return number
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected text, got {value!r}")
+        return value
+    return value
+
+
+def _apply(config: Config, section: str, key: str, value: Any, where: str) -> None:
+    types_ = _section_types()
+    if section not in types_:
+        raise ConfigError(f"unknown config section '{section}' ({where}); known: {', '.join(types_)}")
+    target = getattr(config, section)
+    hints = typing.get_type_hints(type(target))
+    if key not in hints or key.startswith("_"):
+        known = ", ".join(f.name for f in dataclasses.fields(target))
+        raise ConfigError(f"unknown config key '{section}.{key}' ({where}); known: {known}")
+    setattr(target, key, _coerce(value, hints[key], f"{section}.{key} ({where})"))
+
+
+def default_home() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("nightjar", appauthor=False))
+
+
+def default_config_file() -> Path:
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("nightjar", appauthor=False)) / "config.toml"
+
+
+def load(
+    home: Path | str | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+) -> Config:
+    """Build the configuration: defaults < file < environment < `overrides` ({"section.key": value})."""
+    environ = os.environ if environ is None else environ
+    home = home or environ.get("NIGHTJAR_HOME") or None
+    config = Config()
+    if home:
+        config.home = Path(home).expanduser().resolve()
+        config.config_file = config.home / "config.toml"
+    else:
+        config.home = default_home()
+        config.config_file = default_config_file()
+
+    if config.config_file.exists():
+        try:
+            data = tomllib.loads(config.config_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config.config_file}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config.config_file} is not valid TOML: {exc}") from exc
+        for section, table in data.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"config file {config.config_file}: '{section}' must be a [section] table")
+            for key, value in table.items():
+                _apply(config, section, key, value, str(config.config_file))
+
+    sections = _sections()
+    for name, value in sorted(environ.items()):
+        if not name.startswith("NIGHTJAR_") or name == "NIGHTJAR_HOME":
+            continue
+        section, _, key = name[len("NIGHTJAR_") :].lower().partition("_")
+        if section in sections and key:
+            _apply(config, section, key, value, f"environment {name}")
+
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        _apply(config, section, key, value, "command line")
+
+    if config.ask.strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy '{config.ask.strategy}'; choose one of {', '.join(STRATEGIES)}")
+    if not 0 <= config.feedback.holdout_fraction < 1:
+        fraction = config.feedback.holdout_fraction
+        raise ConfigError(f"feedback.holdout_fraction must be at least 0 and below 1, got {fraction}")
+    return config
+
+
+def to_toml(config: Config) -> str:
+    """The effective configuration as TOML (for `nightjar config`)."""
+    lines: list[str] = []
+    for name in _sections():
+        lines.append(f"[{name}]")
+        for f in dataclasses.fields(getattr(config, name)):
+            value = getattr(getattr(config, name), f.name)
+            lines.append(f"{f.name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{text}"'

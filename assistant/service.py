@@ -1,0 +1,220 @@
+"""The assistant's API: what the CLI and the TUI both call to get an answer."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from assistant.config import Config
+from assistant.context import fit_messages
+from assistant.engine import Engine, GenParams, LlamaCppEngine, Message
+from assistant.errors import NightjarError
+from assistant.feedback import ConversationSummary, FeedbackStore, Interaction
+from assistant.reasoning import Task, run_strategy
+from assistant.registry import served_model
+
+
+@dataclass
+class Answer:
+    """One answered turn, with everything needed to show it, cite it and learn from it."""
+
+    question: str
+    text: str
+    strategy: str
+    model_version: str
+    prompt: str  # the exact text the model saw for the final answer
+    messages: list[Message]
+    params: dict[str, Any]
+    conversation_id: str
+    history: list[Message] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    reasoning: str = ""
+    notices: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    finish_reason: str = "stop"
+    interaction_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Assistant:
+    """Serves the configured model version; answers questions (CLI and TUI alike)."""
+
+    def __init__(self, config: Config, engine: Engine | None = None) -> None:
+        self.config = config
+        self.model_version, self.model_path = served_model(config)
+        if engine is not None:
+            self.__dict__["engine"] = engine
+
+    @cached_property
+    def engine(self) -> Engine:
+        m = self.config.model
+        return LlamaCppEngine(
+            self.model_path,
+            n_ctx=m.n_ctx,
+            n_threads=m.n_threads,
+            n_gpu_layers=m.n_gpu_layers,
+            name=self.model_version,
+        )
+
+    def reload(self) -> bool:
+        """Serve the newest published model version; True when it changed."""
+        version, path = served_model(self.config)
+        if (version, Path(path)) == (self.model_version, Path(self.model_path)):
+            return False
+        self.__dict__.pop("engine", None)
+        self.model_version, self.model_path = version, path
+        return True
+
+    def params(self, **overrides: Any) -> GenParams:
+        g = self.config.generation
+        base = GenParams(temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens, seed=g.seed)
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(base, key, value)
+        return base
+
+    def answer(
+        self,
+        question: str,
+        *,
+        history: list[Message] | None = None,
+        conversation_id: str | None = None,
+        strategy: str | None = None,
+        retrieval: bool | None = None,
+        params: GenParams | None = None,
+        on_token: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+        alternative_of: str | None = None,
+    ) -> Answer:
+        """Answer `question` after `history`, streaming pieces of the final answer to `on_token`.
+
+        The answered turn is recorded (`answer.interaction_id`); with `alternative_of`, as another response
+        to that interaction's turn.
+        """
+        start = time.perf_counter()
+        params = params or self.params()
+        strategy = strategy or self.config.ask.strategy
+        use_retrieval = self.config.ask.retrieval if retrieval is None else retrieval
+        history = list(history or [])
+        notices: list[str] = []
+
+        # 1. retrieval: the sources the answer may cite (the retrieval issue fills this in)
+        sources: list[dict[str, Any]] = []
+        messages: list[Message] = [{"role": "system", "content": self.config.model.system_prompt}]
+        messages += history + [{"role": "user", "content": question}]
+        del use_retrieval
+
+        # 2. fit the conversation into the context, leaving room for the answer
+        fitted = fit_messages(self.engine, messages, reserve=params.max_tokens)
+        if fitted.notice:
+            notices.append(fitted.notice)
+
+        # 3. reason: the chosen strategy produces the answer and its trace
+        task = Task(self.engine, fitted.messages, params, sources, on_token=on_token, cancel=cancel)
+        outcome = run_strategy(strategy, task)
+
+        answer = Answer(
+            question=question,
+            text=outcome.text,
+            strategy=strategy,
+            model_version=self.model_version,
+            prompt=outcome.prompt,
+            messages=outcome.messages,
+            params=asdict(params),
+            conversation_id=conversation_id or uuid.uuid4().hex,
+            history=history,
+            sources=sources,
+            trace=outcome.trace,
+            reasoning=outcome.reasoning,
+            notices=notices,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            latency_s=time.perf_counter() - start,
+            finish_reason=outcome.finish_reason,
+        )
+        # 4. record the interaction: what the model saw and said, for feedback and training
+        answer.interaction_id = self.feedback_store.record(answer.to_dict(), alternative_of=alternative_of)
+        return answer
+
+    # ---- feedback: interaction ids may be a unique prefix, or None for the latest ----
+    @cached_property
+    def feedback_store(self) -> FeedbackStore:
+        return FeedbackStore(self.config.db_path)
+
+    def feedback(self, interaction_id: str | None, up: bool, comment: str | None = None) -> str:
+        """Thumbs up or down on an answer; returns the interaction's full id."""
+        interaction_id = self.feedback_store.resolve(interaction_id)
+        self.feedback_store.rate(interaction_id, up, comment)
+        return interaction_id
+
+    def correct(self, interaction_id: str | None, text: str, comment: str | None = None) -> str:
+        """The user's own answer: preferred to the model's in training."""
+        interaction_id = self.feedback_store.resolve(interaction_id)
+        self.feedback_store.correct(interaction_id, text, comment)
+        return interaction_id
+
+    def regenerate(
+        self,
+        interaction_id: str | None,
+        *,
+        on_token: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Answer:
+        """Another response to the same turn (same question, history, strategy and parameters, but sampled
+        at least `feedback.regenerate_temperature` warm with the next seed); recorded as an alternative."""
+        original = self.feedback_store.get(self.feedback_store.resolve(interaction_id))
+        params = GenParams(**original.data["params"])
+        params.temperature = max(params.temperature, self.config.feedback.regenerate_temperature)
+        params.seed += len(self.feedback_store.alternatives(original.id))  # the next seed, reproducibly
+        return self.answer(
+            original.question,
+            history=original.history,
+            conversation_id=original.conversation_id,
+            strategy=original.strategy,
+            retrieval=bool(original.sources),
+            params=params,
+            on_token=on_token,
+            cancel=cancel,
+            alternative_of=original.id,
+        )
+
+    def choose(self, interaction_id: str | None, alternative_id: str) -> str:
+        """Prefer `alternative_id` to the other responses of `interaction_id`'s turn; returns its full id."""
+        store = self.feedback_store
+        turn = {i.id for i in store.alternatives(store.resolve(interaction_id))}
+        alternative_id = store.resolve(alternative_id)
+        if alternative_id not in turn:
+            raise NightjarError(f"{alternative_id[:8]} is not a response to the same question")
+        store.choose(alternative_id)
+        return alternative_id
+
+    def flag_source(
+        self, interaction_id: str | None, source: str, reason: str = "irrelevant", comment: str | None = None
+    ) -> str:
+        """Flag a source of an answer (its citation number or id) as 'wrong' or 'irrelevant'."""
+        interaction_id = self.feedback_store.resolve(interaction_id)
+        self.feedback_store.flag(interaction_id, source, reason, comment)
+        return interaction_id
+
+    def history(self, limit: int = 20) -> list[Interaction]:
+        """The latest interactions, newest first, with their feedback."""
+        return self.feedback_store.recent(limit)
+
+    def conversations(self, limit: int = 50) -> list[ConversationSummary]:
+        """Recorded conversations, most recently active first."""
+        return self.feedback_store.conversations(limit)
+
+    def conversation(self, conversation_id: str) -> list[Interaction]:
+        """A conversation's turns in order (the chosen or latest response of each)."""
+        return self.feedback_store.conversation(conversation_id)

@@ -1,0 +1,1 @@
+"""Nightjar's retrieval: documents -> index -> ranked, cited chunks."""

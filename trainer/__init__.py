@@ -1,0 +1,1 @@
+"""Nightjar's trainer: replay buffer -> LoRA -> merged, requantized, evaluated model versions."""
