@@ -69,6 +69,100 @@ class FeedbackConfig:
     regenerate_temperature: float = 0.8  # a regeneration samples at least this warm, so it can differ
 
 
+# ---- [train]: the nightly trainer (trainer/ builds its TRL configs from this) ----
+OBJECTIVES = ("dpo", "kto", "raft")
+REWARDS = ("model", "dpo", "rules")
+BUSY_ACTIONS = ("wait", "skip")
+
+
+@dataclass
+class TrainConfig:
+    # what to train on
+    objective: str = "auto"  # auto (from the data), dpo, kto, raft, or a sequence such as "raft+dpo"
+    min_new_rows: int = 20  # below this many new feedback rows a run does nothing
+    replay_fraction: float = 0.5  # older rows replayed, as a fraction of the new ones
+    # the LoRA
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    # optimisation
+    learning_rate: float = 5e-4
+    epochs: int = 2
+    max_steps: int = 0  # >0: stop after this many optimiser steps (caps a run's time)
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 512  # tokens of prompt + answer; longer rows keep their end
+    beta: float = 0.1  # DPO / KTO strength of the pull away from the current model
+    sft_weight: float = 1.0  # DPO: weight of a likelihood loss on the chosen answers (RPO); 0: plain DPO
+    seed: int = 0
+    # RAFT: sample K answers per prompt with the current model, keep the best by reward, fine-tune on it
+    raft_k: int = 4
+    raft_prompts: int = 64  # most prompts sampled in one run
+    raft_reward: str = (
+        "model+rules"  # "+"-joined: model (reward model on your pairs), dpo (last adapter), rules
+    )
+    raft_temperature: float = 0.8
+    raft_max_new_tokens: int = 128
+    # the written model
+    export_type: str = "F32"  # float GGUF written from the merged model before quantizing: F32 or F16
+    quant_type: str = ""  # served quantization (Q4_K_M, Q8_0, ...); empty: the base model's type
+    # the evaluation gate
+    canary_tolerance: float = 0.05  # reference perplexity may rise by at most this fraction
+    eval_n_ctx: int = 1024
+    # a busy machine (scheduled runs only)
+    max_load: float = 1.5  # 1-minute load average per CPU core above which the machine counts as busy
+    busy: str = "wait"  # wait: retry every minute up to busy_wait_minutes, then skip; skip: skip at once
+    busy_wait_minutes: int = 60
+    threads: int = 0  # CPU threads for training and llama.cpp; 0: one per core
+
+    def objectives(self) -> list[str]:
+        """The configured objective as a sequence (empty for auto)."""
+        if self.objective == "auto":
+            return []
+        return [part.strip() for part in self.objective.split("+") if part.strip()]
+
+    def rewards(self) -> list[str]:
+        return [part.strip() for part in self.raft_reward.split("+") if part.strip()]
+
+    def check(self) -> list[str]:
+        """Problems with the values, one line each (the config loader reports them)."""
+        problems = []
+        if self.objective != "auto" and (
+            not self.objectives() or any(o not in OBJECTIVES for o in self.objectives())
+        ):
+            problems.append(
+                f"train.objective '{self.objective}': use auto, {', '.join(OBJECTIVES)} or e.g. raft+dpo"
+            )
+        if any(r not in REWARDS for r in self.rewards()) or not self.rewards():
+            problems.append(f"train.raft_reward '{self.raft_reward}': '+'-joined from {', '.join(REWARDS)}")
+        if self.busy not in BUSY_ACTIONS:
+            problems.append(f"train.busy '{self.busy}': use wait or skip")
+        if self.export_type.upper() not in ("F32", "F16"):
+            problems.append(f"train.export_type '{self.export_type}': use F32 or F16")
+        for name in (
+            "min_new_rows",
+            "lora_r",
+            "lora_alpha",
+            "epochs",
+            "batch_size",
+            "grad_accum",
+            "raft_k",
+            "raft_prompts",
+        ):
+            if getattr(self, name) < 1:
+                problems.append(f"train.{name} must be at least 1")
+        if self.sft_weight < 0:
+            problems.append("train.sft_weight must be 0 or more")
+        if not 0 <= self.replay_fraction <= 10:
+            problems.append("train.replay_fraction must be between 0 and 10")
+        if not self.target_modules:
+            problems.append("train.target_modules must name at least one module")
+        return problems
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -77,6 +171,7 @@ class Config:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     # where things live; set by load(), not by the file
     home: Path = field(default=Path("."), metadata={"internal": True})
     config_file: Path = field(default=Path("config.toml"), metadata={"internal": True})

@@ -16,7 +16,8 @@ from assistant.context import fit_messages
 from assistant.engine import Engine, GenParams, LlamaCppEngine, Message
 from assistant.errors import NightjarError
 from assistant.feedback import ConversationSummary, FeedbackStore, Interaction
-from assistant.reasoning import Task, run_strategy
+from assistant.grounding import DONT_KNOW, DocumentAccess, ground, strip_citations
+from assistant.reasoning import Outcome, Task, cites_own_sources, run_strategy
 from assistant.registry import served_model
 
 
@@ -50,8 +51,10 @@ class Answer:
 class Assistant:
     """Serves the configured model version; answers questions (CLI and TUI alike)."""
 
-    def __init__(self, config: Config, engine: Engine | None = None) -> None:
+    def __init__(self, config: Config, engine: Engine | None = None, record: bool = True) -> None:
+        """`record=False` answers without recording interactions (evaluations and benchmarks, not a user)."""
         self.config = config
+        self.record = record
         self.model_version, self.model_path = served_model(config)
         if engine is not None:
             self.__dict__["engine"] = engine
@@ -66,6 +69,18 @@ class Assistant:
             n_gpu_layers=m.n_gpu_layers,
             name=self.model_version,
         )
+
+    @cached_property
+    def documents(self) -> DocumentAccess:
+        """The user's indexed documents (the embedder loads on the first search, not before)."""
+        return DocumentAccess(self.config)
+
+    def warm_up(self) -> None:
+        """Load the model, and the embedder when documents are indexed, so that the first answer does not
+        wait for them (the terminal app calls this in the background at start)."""
+        self.engine  # noqa: B018  (a cached property: this loads the GGUF)
+        if self.documents.available():
+            self.documents.hits("warm-up", 1)
 
     def reload(self) -> bool:
         """Serve the newest published model version; True when it changed."""
@@ -109,11 +124,15 @@ class Assistant:
         history = list(history or [])
         notices: list[str] = []
 
-        # 1. retrieval: the sources the answer may cite (the retrieval issue fills this in)
-        sources: list[dict[str, Any]] = []
-        messages: list[Message] = [{"role": "system", "content": self.config.model.system_prompt}]
-        messages += history + [{"role": "user", "content": question}]
-        del use_retrieval
+        # 1. retrieval: numbered sources from the user's documents, in the messages the model answers from
+        grounding = ground(self.documents, self.engine, self.config, history, question,
+                           reserve=params.max_tokens, enabled=use_retrieval)
+        sources, messages = grounding.sources, grounding.messages
+        notices += grounding.notices
+        documents = self.documents if use_retrieval and grounding.status != "no-index" else None
+        own_sources = cites_own_sources(strategy, question, documents is not None)  # react searches itself
+        if not own_sources:
+            on_token = grounding.stream(on_token)  # citation numbers that point to no source are dropped
 
         # 2. fit the conversation into the context, leaving room for the answer
         fitted = fit_messages(self.engine, messages, reserve=params.max_tokens)
@@ -121,20 +140,40 @@ class Assistant:
             notices.append(fitted.notice)
 
         # 3. reason: the chosen strategy produces the answer and its trace
-        task = Task(self.engine, fitted.messages, params, sources, on_token=on_token, cancel=cancel)
-        outcome = run_strategy(strategy, task)
+        task = Task(
+            self.engine,
+            fitted.messages,
+            params,
+            sources,
+            on_token=on_token,
+            cancel=cancel,
+            documents=documents,
+            options=self.config.reasoning,
+        )
+        if grounding.unanswerable and not own_sources:  # nothing relevant to answer from: say so
+            outcome = Outcome(DONT_KNOW, "", fitted.messages, strategy=strategy)
+            if on_token is not None:
+                on_token(DONT_KNOW)
+        else:
+            outcome = run_strategy(strategy, task)
+        checked = grounding.finish(outcome.text)  # also flushes the stream
+        if outcome.sources is not None:  # the strategy numbered the sources it cites: [1]..[m] of its own
+            checked = strip_citations(outcome.text, len(outcome.sources)).strip()
+        outcome.text = checked
+        if grounding.status in ("grounded", "nothing-relevant"):
+            outcome.trace.insert(0, grounding.trace())
 
         answer = Answer(
             question=question,
             text=outcome.text,
-            strategy=strategy,
+            strategy=outcome.strategy,  # what ran: `auto` names the strategy it picked in the trace
             model_version=self.model_version,
             prompt=outcome.prompt,
             messages=outcome.messages,
             params=asdict(params),
             conversation_id=conversation_id or uuid.uuid4().hex,
             history=history,
-            sources=sources,
+            sources=sources if outcome.sources is None else outcome.sources,
             trace=outcome.trace,
             reasoning=outcome.reasoning,
             notices=notices,
@@ -144,7 +183,10 @@ class Assistant:
             finish_reason=outcome.finish_reason,
         )
         # 4. record the interaction: what the model saw and said, for feedback and training
-        answer.interaction_id = self.feedback_store.record(answer.to_dict(), alternative_of=alternative_of)
+        if self.record:
+            store = self.feedback_store
+            asked = {**answer.to_dict(), "retrieval": use_retrieval}  # so a regeneration asks the same way
+            answer.interaction_id = store.record(asked, alternative_of=alternative_of)
         return answer
 
     # ---- feedback: interaction ids may be a unique prefix, or None for the latest ----
@@ -174,7 +216,8 @@ class Assistant:
         """Another response to the same turn (same question, history, strategy and parameters, but sampled
         at least `feedback.regenerate_temperature` warm with the next seed); recorded as an alternative."""
         original = self.feedback_store.get(self.feedback_store.resolve(interaction_id))
-        params = GenParams(**original.data["params"])
+        known = GenParams.__dataclass_fields__
+        params = GenParams(**{k: v for k, v in original.data["params"].items() if k in known})
         params.temperature = max(params.temperature, self.config.feedback.regenerate_temperature)
         params.seed += len(self.feedback_store.alternatives(original.id))  # the next seed, reproducibly
         return self.answer(
@@ -182,7 +225,7 @@ class Assistant:
             history=original.history,
             conversation_id=original.conversation_id,
             strategy=original.strategy,
-            retrieval=bool(original.sources),
+            retrieval=original.data.get("retrieval", bool(original.sources)),
             params=params,
             on_token=on_token,
             cancel=cancel,
@@ -206,6 +249,10 @@ class Assistant:
         interaction_id = self.feedback_store.resolve(interaction_id)
         self.feedback_store.flag(interaction_id, source, reason, comment)
         return interaction_id
+
+    def alternatives(self, interaction_id: str | None) -> list[Interaction]:
+        """Every response to the same turn (regenerations included), oldest first."""
+        return self.feedback_store.alternatives(self.feedback_store.resolve(interaction_id))
 
     def history(self, limit: int = 20) -> list[Interaction]:
         """The latest interactions, newest first, with their feedback."""

@@ -35,7 +35,12 @@ class RetrievalConfig:
     dense_weight: float = 1.0
     rerank_candidates: int = 20  # fused top-N the cross-encoder reorders
     sources: int = 5  # chunks given to the model as numbered sources (fewer if the context is short)
-    min_relevance: float = 0.35  # below this (dense cosine or BM25 query coverage) a chunk is not relevant
+    # a chunk is relevant enough to answer from when its dense cosine similarity to the question reaches
+    # min_relevance, or its keyword coverage (share of the question's BM25 weight it matches) reaches
+    # min_keyword_coverage. On nq-open (2600 passages) 99% of gold passages pass and about one off-topic
+    # question in ten (GSM8K, HH-RLHF) finds something that does.
+    min_relevance: float = 0.40
+    min_keyword_coverage: float = 0.60
     vector_index: str = "auto"  # flat (exact), ivf or hnsw (approximate); auto: flat below ann_threshold
     ann_threshold: int = 50_000
     bm25_backend: str = "numpy"  # bm25s scoring backend; numba is JIT-compiled anew in every process

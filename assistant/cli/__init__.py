@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from assistant.cli import ask, doctor, feedback  # noqa: F401  (register subcommands)
+from assistant.cli import ask, chat, doctor, feedback, index, models, train  # noqa: F401  (register subcommands)
 from assistant.cli.base import cli
 from assistant.errors import NightjarError
 

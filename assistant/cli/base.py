@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,12 @@ def cli(ctx: click.Context, home: Path | None, debug: bool) -> None:
     """Nightjar: a local, private assistant for your own documents.
 
     It answers from your documents with citations, and learns from your thumbs up and down every night.
+    `nightjar` alone on a terminal opens the chat app (`nightjar chat`).
     Errors exit with code 2; `--debug` shows their traceback.
     """
     ctx.obj = State(home, debug)
     if ctx.invoked_subcommand is None:
-        click.echo(ctx.get_help())
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            ctx.invoke(cli.commands["chat"])
+        else:
+            click.echo(ctx.get_help())

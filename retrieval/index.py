@@ -1,0 +1,269 @@
+"""The index: the SQLite catalog plus, per generation, a FAISS file and a BM25 folder derived from it.
+
+Files in the index folder:
+    catalog.db            documents, chunks, embeddings, metadata (the source of truth)
+    vectors.<gen>.faiss   the vector store of generation <gen>
+    bm25.<gen>/           the BM25 index of generation <gen>
+    lock                  held by the one process that writes (index, forget)
+
+A writer builds generation N+1's files next to N's, each written to a temporary name, fsync'd and renamed
+into place, then commits N+1 in the catalog, then deletes N's files. Readers load the files of the generation
+the catalog names; if they are missing (a crash at the wrong moment, files deleted by hand) they are rebuilt
+from the catalog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.bm25 import BM25Index
+from retrieval.catalog import Catalog, Doc
+from retrieval.config import BM25_BACKENDS, VECTOR_INDEXES, RetrievalConfig
+from retrieval.embedder import Embedder, SentenceTransformerEmbedder
+from retrieval.errors import RetrievalError
+from retrieval.vectors import FaissStore, choose_kind
+
+CATALOG = "catalog.db"
+_ARTIFACT = re.compile(r"^(vectors\.(\d+)\.faiss|bm25\.(\d+))$")
+
+
+def check_config(config: RetrievalConfig) -> None:
+    if config.vector_index not in VECTOR_INDEXES:
+        raise RetrievalError(
+            f"retrieval.vector_index must be one of {', '.join(VECTOR_INDEXES)}, not '{config.vector_index}'"
+        )
+    if config.bm25_backend not in BM25_BACKENDS:
+        raise RetrievalError(f"retrieval.bm25_backend must be one of {', '.join(BM25_BACKENDS)}")
+    if not 0 <= config.chunk_overlap < 0.9:
+        raise RetrievalError("retrieval.chunk_overlap is a fraction of the chunk: between 0 and 0.9")
+    if config.chunk_tokens < 16:
+        raise RetrievalError("retrieval.chunk_tokens must be at least 16")
+
+
+@dataclass
+class Snapshot:
+    generation: int
+    vectors: FaissStore
+    bm25: BM25Index
+
+    def __post_init__(self) -> None:
+        self.bm25_rows = {int(c): i for i, c in enumerate(self.bm25.ids)}
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Index:
+    def __init__(
+        self, folder: Path, config: RetrievalConfig, embedder: Embedder | None = None, reranker=None
+    ) -> None:
+        check_config(config)
+        self.folder = Path(folder)
+        self.config = config
+        self._embedder = embedder
+        self._reranker = reranker
+        self._snapshot: Snapshot | None = None
+
+    # ---- parts, built on first use ----
+    @property
+    def exists(self) -> bool:
+        return (self.folder / CATALOG).exists()
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return Catalog(self.folder / CATALOG)
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        return self._embedder or SentenceTransformerEmbedder(self.config.embedder_path())
+
+    @cached_property
+    def reranker(self):
+        """The configured CrossEncoder, or None: with no cross-encoder configured, reranking is skipped."""
+        if self._reranker is not None or not self.config.reranker:
+            return self._reranker
+        from retrieval.rerank import CrossEncoderReranker
+
+        return CrossEncoderReranker(self.config.reranker)
+
+    def is_empty(self) -> bool:
+        return not self.exists or self.catalog.counts()[0] == 0
+
+    def dim(self) -> int:
+        stored = self.catalog.meta("dim")
+        return int(stored) if stored else self.embedder.dim
+
+    def check_embedder(self) -> None:
+        """Queries must be embedded by the model that embedded the index."""
+        stored = self.catalog.meta("embedder")
+        if stored and stored != self.embedder.name:
+            raise RetrievalError(
+                f"the index was built with the embedder {stored}, but retrieval.embedder is now "
+                f"{self.embedder.name}: run `nightjar index PATH` again to re-embed"
+            )
+
+    def sources(self) -> list[Doc]:
+        if not self.exists:
+            return []
+        return sorted(self.catalog.live_docs().values(), key=lambda d: d.path)
+
+    # ---- reading ----
+    def _paths(self, generation: int) -> tuple[Path, Path]:
+        return self.folder / f"vectors.{generation}.faiss", self.folder / f"bm25.{generation}"
+
+    def snapshot(self) -> Snapshot:
+        """The search structures of the catalog's current generation (cached until it changes)."""
+        generation = self.catalog.generation()
+        if self._snapshot is not None and self._snapshot.generation == generation:
+            return self._snapshot
+        for _ in range(3):
+            vec_path, bm25_path = self._paths(generation)
+            try:
+                snap = Snapshot(
+                    generation,
+                    FaissStore.load(vec_path),
+                    BM25Index.load(bm25_path, backend=self.config.bm25_backend),
+                )
+                self._snapshot = snap
+                return snap
+            except Exception:  # missing (a writer just replaced them) or damaged: look again, then rebuild
+                newer = self.catalog.generation()
+                if newer == generation:
+                    break
+                generation = newer
+        self._snapshot = self._rebuild(generation)
+        return self._snapshot
+
+    def _rebuild(self, generation: int) -> Snapshot:
+        live = [d.id for d in self.catalog.live_docs().values()]
+        vectors, bm25 = self._build(live, None, [], [])
+        with contextlib.suppress(RetrievalError), self.writing():
+            if self.catalog.generation() == generation:
+                self._write(generation, vectors, bm25)
+        return Snapshot(generation, vectors, bm25)
+
+    # ---- writing ----
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the index's write lock (one writer at a time; readers never wait)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "lock", "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RetrievalError(
+                    f"another nightjar process is updating the index in {self.folder}; "
+                    "try again when it has finished"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _build(
+        self,
+        keep_docs: list[int],
+        base: FaissStore | None,
+        drop_chunks: np.ndarray | list,
+        add_docs: list[int],
+    ) -> tuple[FaissStore, BM25Index]:
+        """Search structures for the live documents `keep_docs` + `add_docs`: the vector store updated from
+        `base` when it still fits (else rebuilt from the catalog's embeddings); BM25 rebuilt from texts."""
+        all_docs = list(keep_docs) + list(add_docs)
+        ids, texts = self.catalog.texts_of_docs(all_docs)
+        kind = choose_kind(self.config.vector_index, len(ids), self.config.ann_threshold)
+        if base is not None and len(base) and base.fits(kind, len(ids)):
+            base.remove(np.asarray(drop_chunks, dtype=np.int64))
+            new_ids, new_vectors = self.catalog.vectors_of_docs(add_docs, self.dim())
+            base.add(new_ids, new_vectors)
+            vectors = base
+        else:
+            dim = self.dim() if len(ids) else int(self.catalog.meta("dim") or 0) or 1
+            all_ids, all_vectors = self.catalog.vectors_of_docs(all_docs, dim)
+            vectors = FaissStore.create(dim, kind, train=all_vectors)
+            vectors.add(all_ids, all_vectors)
+            del all_vectors
+        bm25 = BM25Index.build(ids, texts, backend=self.config.bm25_backend)
+        return vectors, bm25
+
+    def _write(self, generation: int, vectors: FaissStore, bm25: BM25Index) -> None:
+        vec_path, bm25_path = self._paths(generation)
+        tmp_vec = self.folder / f".{vec_path.name}.tmp"
+        vectors.save(tmp_vec)
+        _fsync(tmp_vec)
+        os.replace(tmp_vec, vec_path)
+        tmp_dir = self.folder / f".{bm25_path.name}.tmp"
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        tmp_dir.mkdir()
+        bm25.save(tmp_dir)
+        for f in tmp_dir.iterdir():
+            _fsync(f)
+        _fsync(tmp_dir)
+        shutil.rmtree(bm25_path, ignore_errors=True)  # left by a run killed before its commit
+        os.rename(tmp_dir, bm25_path)
+        _fsync(self.folder)
+
+    def publish(
+        self,
+        activate: list[int],
+        drop: list[int],
+        moves: list[tuple[int, str, int, int]],
+        meta: dict[str, str] | None = None,
+    ) -> None:
+        """Make pending documents live and drop others, as one new generation (call while `writing()`)."""
+        catalog = self.catalog
+        current = catalog.generation()
+        if not activate and not drop:  # at most renames: the search files stay valid
+            catalog.publish(current, [], [], moves, meta or {})
+            return
+        live = [d.id for d in catalog.live_docs().values()]
+        dropped = set(drop)
+        keep = [i for i in live if i not in dropped]
+        base = None
+        with contextlib.suppress(Exception):  # no usable previous vector file: rebuild from the catalog
+            base = FaissStore.load(self._paths(current)[0]) if current else None
+        vectors, bm25 = self._build(keep, base, catalog.chunk_ids_of(drop), activate)
+        self._write(current + 1, vectors, bm25)
+        catalog.publish(current + 1, activate, drop, moves, meta or {})
+        self._snapshot = Snapshot(current + 1, vectors, bm25)
+        self._clean(current + 1)
+
+    def _clean(self, generation: int) -> None:
+        """Remove files of other generations and temporary files of killed runs."""
+        for path in self.folder.iterdir():
+            match = _ARTIFACT.match(path.name)
+            stale = match and int(match.group(2) or match.group(3)) != generation
+            if stale or (path.name.startswith(".") and path.name.endswith(".tmp")):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+
+    def forget(self, paths: list[Path]) -> list[str]:
+        """Remove indexed documents (a file, or everything under a folder); returns the paths removed."""
+        wanted = [os.path.abspath(os.path.expanduser(p)) for p in paths]
+        with self.writing():
+            live = self.catalog.live_docs() if self.exists else {}
+            matched: dict[str, Doc] = {}
+            for want in wanted:
+                hits = {p: d for p, d in live.items() if p == want or p.startswith(want.rstrip("/") + "/")}
+                if not hits:
+                    raise RetrievalError(f"not indexed: {want} (`nightjar sources` lists what is)")
+                matched.update(hits)
+            self.publish([], [d.id for d in matched.values()], [])
+        return sorted(matched)

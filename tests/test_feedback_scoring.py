@@ -1,0 +1,47 @@
+"""Informativeness from the served model: rows it gets wrong score high, and sampling follows the scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from assistant.config import Config
+from assistant.feedback import ReplayBuffer
+from assistant.feedback.scoring import ModelScorer
+
+PROMPT = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+RIGHT = [{"role": "assistant", "content": "The capital of France is Paris."}]
+WRONG = [{"role": "assistant", "content": "Zebra blorf quantum wumpus eleven."}]
+
+
+@pytest.fixture(scope="module")
+def scorer(model_path: Path) -> ModelScorer:
+    return ModelScorer(model_path, n_ctx=512)
+
+
+def test_the_model_is_scored_on_what_it_gets_wrong(scorer: ModelScorer):
+    assert scorer.mean_logprob(PROMPT, RIGHT) > scorer.mean_logprob(PROMPT, WRONG) + 1.0
+    agrees = scorer({"prompt": PROMPT, "chosen": RIGHT, "rejected": WRONG})
+    disagrees = scorer({"prompt": PROMPT, "chosen": WRONG, "rejected": RIGHT})
+    assert agrees < 0.1 and disagrees > 0.9 and abs(agrees + disagrees - 1) < 1e-9
+    good = scorer({"prompt": PROMPT, "completion": RIGHT, "label": True})
+    bad = scorer({"prompt": PROMPT, "completion": RIGHT, "label": False})
+    assert (
+        abs(good + bad - 1) < 1e-9 and bad > good
+    )  # the model likes this answer: calling it bad teaches more
+    assert scorer({"prompt": PROMPT, "completion": WRONG}) > scorer({"prompt": PROMPT, "completion": RIGHT})
+    too_long = [{"role": "user", "content": "word " * 2000}]
+    assert scorer({"prompt": too_long, "completion": RIGHT}) == 0.5
+
+
+def test_sampling_prefers_rows_the_model_gets_wrong(config: Config, scorer: ModelScorer):
+    config.feedback.holdout_fraction = 0.0
+    with ReplayBuffer(config) as buf:
+        buf.add_preference(PROMPT, RIGHT, WRONG)  # the model agrees with this feedback already
+        buf.add_preference(PROMPT, WRONG, RIGHT)  # and disagrees with this one (someone's odd taste)
+        (picked,) = buf.sample("dpo", n=1, informativeness=scorer)
+    assert picked["chosen"] == WRONG

@@ -1,0 +1,229 @@
+"""Grounded answers: numbered sources that fit the context, honest citations, "I don't know" when nothing in
+the documents is relevant, and the CLI around it; through the real index, MiniLM and the real GGUF."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from assistant import config as config_mod
+from assistant.cli import main
+from assistant.grounding import (
+    DONT_KNOW,
+    CitationFilter,
+    DocumentAccess,
+    DocumentError,
+    fit_sources,
+    grounded_messages,
+    strip_citations,
+)
+from assistant.service import Assistant
+from retrieval.index import Index
+from retrieval.indexer import update
+from tests.test_retrieval_index import shared_embedder
+from tests.test_retrieval_loaders import make_pdf
+
+PAGES = [
+    "Minutes of the garden club. The club meets on Tuesdays and grows tomatoes and beans.",
+    "Nightjar project finances. The budget for 2025 is 4200 euros, approved by the board in March.",
+    "Appendix. A list of birds seen in the park: robin, wren, blackbird and a single nightjar.",
+]
+
+
+def test_citations_that_point_nowhere_are_removed():
+    assert strip_citations("Paris [1]. Lyon [4]. Both [1, 3][2].", 2) == "Paris [1]. Lyon. Both [1][2]."
+    assert strip_citations("Indexing a[3] is not a citation [0].", 2) == "Indexing a[3] is not a citation."
+
+
+def test_the_stream_shows_what_the_final_text_says():
+    rng = random.Random(0)
+    text = "The budget is 4200 euros [1], set in March [3]. See [1, 2, 9] and x[5].  Done [7]"
+    want = strip_citations(text, 2)
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(text)), rng.randint(1, 12)))
+        out: list[str] = []
+        stream = CitationFilter(2, out.append)
+        for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True):
+            stream(text[a:b])
+        stream.close()
+        assert "".join(out) == want
+
+
+def test_sources_fit_the_context(engine):
+    sources = [
+        {
+            "id": i,
+            "source": f"/docs/file{i}.txt",
+            "location": f"lines {i}-{i + 9}",
+            "text": f"Fact {i}: " + "the quick brown fox jumps over the lazy dog " * 30,
+            "score": 1.0 / (i + 1),
+            "scores": {},
+        }
+        for i in range(10)
+    ]
+    reserve = 512
+    kept = fit_sources(engine, "You are Nightjar.", "What does the fox do?", sources, reserve)
+    assert 1 < len(kept) < len(sources) and [s["n"] for s in kept] == list(range(1, len(kept) + 1))
+    assert [s["id"] for s in kept] == list(range(len(kept)))  # best first, in order
+    messages = grounded_messages("You are Nightjar.", [], "What does the fox do?", kept)
+    assert messages[-1] == {"role": "user", "content": "What does the fox do?"}
+    assert "[1] file0.txt (lines 0-9)" in messages[0]["content"]
+    assert engine.count_tokens(engine.render(messages)) <= engine.n_ctx - reserve
+
+
+@pytest.fixture(scope="module")
+def documents(tmp_path_factory) -> tuple[config_mod.Config, Path]:
+    home = tmp_path_factory.mktemp("home")
+    docs = home.parent / "docs"
+    docs.mkdir()
+    pdf = make_pdf(docs / "minutes.pdf", PAGES)
+    (docs / "kettle.md").write_text(
+        "# Kitchen\n\n## Kettle\n\nDescale the kettle with vinegar once a month.\n"
+    )
+    config = config_mod.load(home, environ={})
+    update(Index(config.index_dir, config.retrieval, embedder=shared_embedder()), [docs])
+    return config, pdf
+
+
+def access(config) -> DocumentAccess:
+    docs = DocumentAccess(config)
+    docs.__dict__["index"] = Index(config.index_dir, config.retrieval, embedder=shared_embedder())
+    return docs
+
+
+def test_document_access_for_the_reasoning_tools(documents):
+    config, pdf = documents
+    docs = access(config)
+    listed = docs.list_sources()
+    assert [Path(s["source"]).name for s in listed] == ["kettle.md", "minutes.pdf"]
+    assert all(set(s) == {"source", "chunks", "indexed_at"} for s in listed)
+    found = docs.search("budget for 2025", k=3)
+    assert found[0]["source"] == str(pdf) and found[0]["location"] == "p. 2" and "n" not in found[0]
+    assert docs.search("what is the capital of France", k=3) == []
+    around = docs.read_source(str(pdf), "p. 2")
+    assert [s["location"] for s in around] == ["p. 1", "p. 2", "p. 3"]  # the page and its neighbours
+    assert docs.read_source("minutes.pdf", "p. 3")[-1]["text"].startswith("Appendix")
+    assert docs.read_source(str(pdf))[0]["location"] == "p. 1"
+    with pytest.raises(DocumentError, match="not an indexed source"):
+        docs.read_source("/nowhere/secret.txt")
+
+
+@pytest.fixture(scope="module")
+def assistant(documents, engine) -> Assistant:
+    config, _ = documents
+    helper = Assistant(config, engine=engine)
+    helper.__dict__["documents"] = access(config)
+    return helper
+
+
+def test_ask_cites_the_right_file_and_page(documents, assistant):
+    _, pdf = documents
+    streamed: list[str] = []
+    answer = assistant.answer(
+        "What is the budget for 2025?", on_token=streamed.append, params=assistant.params(max_tokens=64)
+    )
+    assert answer.sources[0]["source"] == str(pdf) and answer.sources[0]["location"] == "p. 2"
+    assert answer.sources[0]["n"] == 1 and "4200" in answer.sources[0]["text"]
+    assert "4200" in answer.text
+    assert "[1] minutes.pdf (p. 2)" in answer.messages[0]["content"]  # the model saw the numbered source
+    assert answer.messages[-1]["content"] == "What is the budget for 2025?"
+    cited = {int(n) for group in re.findall(r"\[([\d,\s]+)\]", answer.text) for n in group.split(",")}
+    assert cited <= set(range(1, len(answer.sources) + 1))
+    assert "".join(streamed).strip() == answer.text
+    assert answer.trace[0]["step"] == "retrieve" and answer.trace[0]["status"] == "grounded"
+
+
+def test_nothing_relevant_means_i_dont_know(assistant):
+    streamed: list[str] = []
+    answer = assistant.answer("Who won the football world cup in 1998?", on_token=streamed.append)
+    assert answer.text == DONT_KNOW == "".join(streamed) and answer.sources == []
+    assert any("nothing in your documents is relevant" in n for n in answer.notices)
+    plain = assistant.answer(
+        "What is the capital of France?", retrieval=False, params=assistant.params(max_tokens=32)
+    )
+    assert plain.sources == [] and "Paris" in plain.text and not plain.notices
+
+
+def test_an_empty_index_answers_from_the_model_with_a_notice(tmp_path: Path, engine):
+    config = config_mod.load(tmp_path / "home", environ={})
+    helper = Assistant(config, engine=engine)
+    answer = helper.answer("What is the capital of France?", params=helper.params(max_tokens=32))
+    assert "Paris" in answer.text and answer.sources == []
+    assert any("no documents are indexed" in n for n in answer.notices)
+    assert not config.index_dir.exists()  # asking does not create an index
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_commands(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    home, docs = tmp_path / "home", tmp_path / "docs"
+    docs.mkdir()
+    pdf = make_pdf(docs / "minutes.pdf", PAGES)
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 nothing else")
+
+    code, out, _ = run_cli(capsys, "--home", str(home), "index", str(docs), str(tmp_path / "nope"))
+    assert code == 1
+    assert out.splitlines()[0].startswith("indexed 1 file (3 chunks embedded), 0 unchanged, 2 skipped in ")
+    assert (
+        f"  skipped {tmp_path / 'nope'}: no such file or folder" in out and "broken.pdf: corrupt PDF" in out
+    )
+
+    code, out, _ = run_cli(capsys, "--home", str(home), "index", str(docs / "minutes.pdf"))
+    assert code == 0 and "0 files" in out and "1 unchanged" in out
+
+    code, out, _ = run_cli(capsys, "--home", str(home), "search", "--json", "budget", "2025")
+    rows = json.loads(out)
+    assert code == 0 and rows[0]["source"] == str(pdf) and rows[0]["location"] == "p. 2" and rows[0]["n"] == 1
+
+    code, out, _ = run_cli(capsys, "--home", str(home), "search", "--explain", "budget 2025")
+    assert code == 0 and "reranking: skipped, no cross-encoder is configured" in out
+    assert re.search(r"bm25 #1 [\d.]+ · dense #1 [\d.]+ · fused #1 [\d.]+ · rerank -", out)
+
+    code, out, _ = run_cli(capsys, "--home", str(home), "sources")
+    assert code == 0 and str(pdf) in out and "1 documents, 3 chunks" in out
+
+    code, out, _ = run_cli(
+        capsys, "--home", str(home), "ask", "--max-tokens", "64", "What is the budget for 2025?"
+    )
+    assert code == 0 and "4200" in out
+    assert out.rstrip().endswith(f"Sources:\n  [1] {pdf}, p. 2") or f"  [1] {pdf}, p. 2\n" in out
+
+    code, _, err = run_cli(capsys, "--home", str(home), "forget", str(tmp_path / "other.txt"))
+    assert (
+        code == 2
+        and err.strip() == f"error: not indexed: {tmp_path / 'other.txt'} (`nightjar sources` lists what is)"
+    )
+    code, out, _ = run_cli(capsys, "--home", str(home), "forget", str(docs))
+    assert code == 0 and out.strip() == f"forgot {pdf}"
+    code, _, err = run_cli(capsys, "--home", str(home), "search", "budget")
+    assert code == 1 and "no documents are indexed" in err
+
+
+def test_the_progress_bar_shows_files_chunks_rate_and_eta():
+    import io
+
+    from rich.console import Console
+
+    from assistant.cli.index import _Bar
+
+    out = io.StringIO()
+    bar = _Bar(Console(file=out, force_terminal=True, width=150))
+    bar.start(10, 1000)
+    bar.advance(3, 300, 42)
+    bar.progress.refresh()
+    shown = out.getvalue()
+    bar.stop()
+    assert "3/10 files" in shown and "42 chunks" in shown and "chunks/s" in shown and "ETA" in shown

@@ -1,0 +1,403 @@
+"""The trainer's parts that need no training: config, rows, objective choice, the gate's rule, RAFT ranking,
+the device plan, the lock, the busy check, reports and the run log. The CLI runs as a real subprocess."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from pathlib import Path
+
+import pytest
+
+from assistant import config as config_mod
+from assistant.errors import NightjarError
+from assistant.feedback import ReplayBuffer
+from tests.conftest import run_nightjar
+from tests.test_cli import assert_one_line_error
+from trainer import data, report
+from trainer.evaluate import ModelScores, decide
+from trainer.objectives import device_plan
+from trainer.objectives.raft import best
+from trainer.objectives.reward import rules
+from trainer.run import busy_reason, run_lock
+
+SYSTEM = {"role": "system", "content": "You are Nightjar, a helpful assistant."}
+
+
+def ask(question: str) -> list[dict[str, str]]:
+    return [SYSTEM, {"role": "user", "content": question}]
+
+
+def say(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def seed_pairs(config, n: int, start: int = 0) -> None:
+    with ReplayBuffer(config) as buf:
+        for i in range(start, start + n):
+            buf.add_preference(
+                ask(f"Question number {i} about topic {i * 7}?"), say(f"Good {i}."), say(f"Bad {i}.")
+            )
+
+
+# ---- configuration ----
+def test_train_section_from_file_env_and_flags(home: Path):
+    (home / "config.toml").write_text(
+        '[train]\nobjective = "raft+dpo"\nlora_r = 4\ntarget_modules = ["q_proj"]\n'
+    )
+    config = config_mod.load(home, environ={"NIGHTJAR_TRAIN_LEARNING_RATE": "0.001"})
+    assert config.train.objectives() == ["raft", "dpo"]
+    assert (config.train.lora_r, config.train.target_modules, config.train.learning_rate) == (
+        4,
+        ["q_proj"],
+        0.001,
+    )
+    assert config.train.check() == []
+    shown = run_nightjar("config", home=home).stdout
+    assert "[train]" in shown and 'objective = "raft+dpo"' in shown and "min_new_rows = 20" in shown
+
+
+def test_bad_train_settings_are_one_line_errors(home: Path):
+    (home / "config.toml").write_text('[train]\nobjective = "ppo"\n')
+    assert_one_line_error(run_nightjar("train", home=home), "train.objective", "ppo")
+    (home / "config.toml").write_text("[train]\nlora_rank = 8\n")
+    assert_one_line_error(run_nightjar("train", home=home), "train.lora_rank")
+
+
+# ---- rows ----
+def test_new_rows_replay_and_holdout(config):
+    config.train.replay_fraction = 0.5
+    seed_pairs(config, 30)
+    batch = data.read(config)
+    new, holdout = batch.new["dpo"], batch.holdout["dpo"]
+    assert len(new) + len(holdout) == 30 and holdout, "the hash split keeps some prompts out"
+    assert batch.replay["dpo"] == [] and batch.n_new() == len(new)
+    assert not {r["id"] for r in new} & {r["id"] for r in holdout}
+
+    with ReplayBuffer(config) as buf:
+        buf.mark_consumed("run-1", "dpo", [r["id"] for r in new])
+    seed_pairs(config, 10, start=100)
+    later = data.read(config)
+    fresh = later.new["dpo"]
+    assert fresh and not {r["id"] for r in fresh} & {r["id"] for r in new}, "consumed rows are no longer new"
+    assert len(later.replay["dpo"]) == round(0.5 * len(fresh))
+    assert {r["id"] for r in later.replay["dpo"]} <= {r["id"] for r in new}, "replay comes from older rows"
+
+
+def test_objective_choice():
+    pairs = data.Batch(new={"dpo": [{}], "kto": [{}], "sft": [{}]})
+    thumbs = data.Batch(new={"dpo": [], "kto": [{}], "sft": [{}]})
+    fixes = data.Batch(new={"dpo": [], "kto": [], "sft": [{}]})
+    assert data.choose_objectives(pairs, []) == ["dpo"]
+    assert data.choose_objectives(thumbs, []) == ["kto"]
+    assert data.choose_objectives(fixes, []) == ["raft"]
+    assert data.choose_objectives(data.Batch(), []) == []
+    assert data.choose_objectives(fixes, ["raft", "dpo"]) == ["raft", "dpo"]
+    assert data.consumed_kinds(["raft", "dpo"]) == ["sft", "dpo"]
+
+
+def test_too_little_feedback_does_nothing_and_says_so(home: Path):
+    config = config_mod.load(home, environ={})
+    seed_pairs(config, 6)
+    result = run_nightjar("train", home=home)
+    assert result.returncode == 0, result.stderr
+    assert "nothing to do" in result.stdout and "fewer than train.min_new_rows (20)" in result.stdout
+    assert not (home / "models" / "CURRENT").exists()
+    dry = run_nightjar("train", "--dry-run", home=home, env={"NIGHTJAR_TRAIN_MIN_NEW_ROWS": "2"})
+    assert dry.returncode == 0, dry.stderr
+    assert "would train dpo from base" in dry.stdout and "dpo: " in dry.stdout
+    assert not (home / "models" / ".staging").exists() or not any((home / "models" / ".staging").iterdir())
+
+
+# ---- the lock and the busy machine ----
+def test_a_second_run_is_refused_while_one_holds_the_lock(home: Path):
+    config = config_mod.load(home, environ={})
+    with run_lock(config):
+        result = run_nightjar("train", home=home)
+        assert_one_line_error(result, "another training run is in progress")
+    with run_lock(config):  # released: taken again at once
+        pass
+    with (config.models_dir / ".train.lock").open() as fh:  # and free for anyone
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_busy_machine_waits_then_runs_or_skips():
+    loads = iter([3.0, 2.5, 0.4])
+    slept: list[float] = []
+    assert busy_reason(1.0, "wait", 60, load=lambda: next(loads), sleep=slept.append) is None
+    assert slept == [60, 60], "it checked again every minute until the load fell"
+    why = busy_reason(1.0, "skip", 60, load=lambda: 2.0, sleep=slept.append)
+    assert why and "load 2.00" in why and "train.max_load 1.0" in why and len(slept) == 2
+    why = busy_reason(1.0, "wait", 0, load=lambda: 2.0, sleep=slept.append)
+    assert why and "after waiting 0 min" in why
+
+
+def test_scheduled_run_on_a_busy_machine_skips_and_logs_why(home: Path):
+    config = config_mod.load(home, environ={})
+    seed_pairs(config, 25)
+    env = {"NIGHTJAR_TRAIN_MAX_LOAD": "0.000001", "NIGHTJAR_TRAIN_BUSY": "skip"}
+    result = run_nightjar("train", "--scheduled", home=home, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "skipped" in result.stdout and "machine busy" in result.stdout
+    last = report.last_run(config)
+    assert last["outcome"] == "skipped" and "machine busy" in last["reasons"][0]
+    assert "skipped: machine busy" in (home / "logs" / "train.log").read_text()
+
+
+# ---- the device plan ----
+def test_device_plan_selection():
+    assert device_plan(cuda=False, bitsandbytes=True).description == "CPU: LoRA, fp32"
+    qlora = device_plan(cuda=True, bitsandbytes=True)
+    assert qlora.quantize_4bit and "QLoRA" in qlora.description and "bf16" in qlora.description
+    plain = device_plan(cuda=True, bitsandbytes=False)
+    assert not plain.quantize_4bit and plain.cuda
+    here = device_plan()  # this machine has no GPU
+    assert not here.cuda and not here.quantize_4bit
+
+
+# ---- the gate's rule ----
+def scores(**kw) -> ModelScores:
+    base = dict(
+        dpo_pairs=10, dpo_accuracy=0.5, dpo_margin=-0.2, perplexity=10.0, general_answered=5, general_total=5
+    )
+    return ModelScores(**{**base, **kw})
+
+
+def test_gate_promotes_only_a_better_candidate_that_passes_the_canaries():
+    before = scores()
+    assert decide(before, scores(dpo_accuracy=0.8, dpo_margin=0.3), ["dpo"], 0.05).accepted
+    worse = decide(before, scores(dpo_accuracy=0.3, dpo_margin=-0.5), ["dpo"], 0.05)
+    assert not worse.accepted and "held-out pairs" in worse.reasons[0]
+    drift = decide(before, scores(dpo_accuracy=0.9, dpo_margin=0.5, perplexity=10.6), ["dpo"], 0.05)
+    assert not drift.accepted and any("reference perplexity" in r for r in drift.reasons)
+    assert decide(before, scores(dpo_accuracy=0.9, dpo_margin=0.5, perplexity=10.4), ["dpo"], 0.05).accepted
+    broken = decide(before, scores(dpo_accuracy=0.9, dpo_margin=0.5, general_answered=3), ["dpo"], 0.05)
+    assert not broken.accepted and any("general questions" in r for r in broken.reasons)
+    blind = decide(scores(dpo_pairs=0), scores(dpo_pairs=0), ["dpo"], 0.05)
+    assert not blind.accepted and "no held-out rows" in blind.reasons[0]
+    thumbs = decide(
+        scores(kto_rows=4, kto_desirability=0.1), scores(kto_rows=4, kto_desirability=0.4), ["kto"], 0.05
+    )
+    assert thumbs.accepted
+
+
+# ---- RAFT ranking and the rule reward ----
+def test_rules_reject_empty_answers_and_invented_citations():
+    prompt = [
+        SYSTEM,
+        {"role": "user", "content": "Sources:\n[1] a.txt: owls\n[2] b.txt: larks\n\nWho hoots?"},
+    ]
+    assert rules(prompt, say("Owls hoot [1]."))
+    assert rules(prompt, say("Owls [1] and larks [2]."))
+    assert not rules(prompt, say("Owls hoot [3]."))
+    assert not rules(prompt, say("   "))
+    assert not rules(ask("Who hoots?"), say("Owls [1]."))
+
+
+def test_raft_keeps_the_best_answer_by_standardized_reward():
+    prompts = [ask("one?"), ask("two?")]
+    answers = [["short", "a much longer answer", ""], ["x [7]", "fine", "finest answer"]]
+    length = lambda prompt, completion: float(len(completion[0]["content"]))  # noqa: E731
+    rows, stats = best(prompts, answers, {"length": length})
+    assert [r["completion"][0]["content"] for r in rows] == ["a much longer answer", "finest answer"]
+    assert stats["failed_rules"] == 2 and stats["kept"] == 2 and stats["candidates"] == 6
+    vowels = lambda prompt, completion: -float(sum(c in "aeiou" for c in completion[0]["content"]))  # noqa: E731
+    rows, _ = best(prompts, answers, {"length": length, "few vowels": lambda p, c: 1000 * vowels(p, c)})
+    assert rows[0]["completion"][0]["content"] == "short", (
+        "standardized scores weigh alike, whatever their scale"
+    )
+    rows, stats = best([ask("three?")], [["", " "]], {})
+    assert rows == [] and stats["kept"] == 0
+
+
+# ---- reports and the run log ----
+def test_report_files_and_run_log(config, tmp_path: Path):
+    record = {
+        "run_id": "20250101-030000-abc",
+        "outcome": "published",
+        "version": "v1",
+        "objectives": ["dpo"],
+        "rows": {"dpo": {"new": 30, "replay": 0, "holdout": 8}},
+        "before": scores().to_dict(),
+        "after": scores(dpo_accuracy=0.9, dpo_margin=0.4, perplexity=10.2).to_dict(),
+        "checks": [{"name": "held-out pairs", "passed": True, "detail": "accuracy 0.50 -> 0.90"}],
+        "training": {
+            "dpo": [{"step": s, "loss": 0.7 - s / 20, "rewards/margins": s / 10} for s in range(1, 9)]
+        },
+        "stages": {"train": {"seconds": 12.5, "peak_rss_mib": 900.0}},
+    }
+    report.write(tmp_path, record)
+    md = (tmp_path / "report.md").read_text()
+    assert "v1 is now served" in md and "| preference accuracy | 0.500 | 0.900 |" in md
+    assert "| train | 12.5 | 900 |" in md and "loss 0.6500 -> 0.3000" in md
+    assert json.loads((tmp_path / "report.json").read_text())["version"] == "v1"
+    for png in (report.LOSS_PNG, report.HELDOUT_PNG):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert report.last_run(config) is None
+    report.log_event(config, {"run": "a", "event": "start"})
+    report.log_event(config, {"run": "a", "event": "end", "outcome": "rejected", "reasons": ["worse"]})
+    report.log_event(config, {"run": "b", "event": "start"})
+    assert report.last_run(config)["outcome"] == "unfinished", "a run killed midway shows as such"
+    report.log_event(config, {"run": "b", "event": "end", "outcome": "published", "version": "v2"})
+    last = report.last_run(config)
+    assert (last["run"], last["outcome"], last["version"]) == ("b", "published", "v2") and last["started"]
+
+
+def test_train_report_without_runs(home: Path):
+    result = run_nightjar("train", "--report", home=home)
+    assert result.returncode == 0 and "no training run yet" in result.stdout
+
+
+def test_schedule_rejects_bad_times(home: Path, tmp_path: Path):
+    from trainer.schedule import parse_time
+
+    env = {"NIGHTJAR_SCHEDULE_CRONTAB": str(tmp_path / "crontab")}
+    assert_one_line_error(run_nightjar("schedule", "--at", "25:00", home=home, env=env), "25:00", "HH:MM")
+    assert not (tmp_path / "crontab").exists()
+    for bad in ("3am", "12:60", "", "1:2:3"):
+        with pytest.raises(NightjarError, match="HH:MM"):
+            parse_time(bad)
+    assert parse_time("3:05") == (3, 5) and parse_time("23:59") == (23, 59)
+
+
+# ---- the schedule ----
+def test_schedule_with_a_crontab(home: Path, tmp_path: Path):
+    crontab = tmp_path / "crontab"
+    crontab.write_text("0 1 * * * backup.sh\n")
+    env = {"NIGHTJAR_SCHEDULE_CRONTAB": str(crontab)}
+    result = run_nightjar("schedule", "--at", "03:00", home=home, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "nightly training at 03:00 (cron" in result.stdout and "next run" in result.stdout
+    lines = crontab.read_text().splitlines()
+    assert lines[0] == "0 1 * * * backup.sh", "the user's other entries stay"
+    assert (
+        lines[1].startswith("0 3 * * * ") and f"--home {home}" in lines[1] and "train --scheduled" in lines[1]
+    )
+    assert f">> {home}/logs/schedule.log 2>&1" in lines[1]
+
+    moved = run_nightjar("schedule", "--at", "4:30", home=home, env=env)
+    assert moved.returncode == 0 and len(crontab.read_text().splitlines()) == 2, "moved, not added twice"
+    status = run_nightjar("schedule", "--status", home=home, env=env)
+    assert "nightly training at 04:30" in status.stdout and "no training run yet" in status.stdout
+
+    config = config_mod.load(home, environ={})
+    report.log_event(config, {"run": "r1", "event": "start"})
+    report.log_event(config, {"run": "r1", "event": "end", "outcome": "rejected", "reasons": ["no better"]})
+    status = run_nightjar("schedule", "--status", home=home, env=env)
+    assert "last run" in status.stdout and "rejected (no better)" in status.stdout
+
+    removed = run_nightjar("schedule", "--remove", home=home, env=env)
+    assert removed.returncode == 0 and "removed" in removed.stdout
+    assert crontab.read_text() == "0 1 * * * backup.sh\n"
+    again = run_nightjar("schedule", "--remove", home=home, env=env)
+    assert "no nightly training was scheduled" in again.stdout
+
+
+def test_schedule_with_a_systemd_user_timer(home: Path, tmp_path: Path):
+    units = tmp_path / "systemd-user"
+    env = {"NIGHTJAR_SCHEDULE_UNIT_DIR": str(units)}
+    result = run_nightjar("schedule", "--at", "03:15", home=home, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "nightly training at 03:15 (systemd" in result.stdout
+    (timer,) = units.glob("nightjar-train-*.timer")
+    service = timer.with_suffix(".service")
+    assert "OnCalendar=*-*-* 03:15:00" in timer.read_text() and "Persistent=true" in timer.read_text()
+    unit = service.read_text()
+    assert "Type=oneshot" in unit and f'"--home" "{home}" "train" "--scheduled"' in unit
+    assert f"StandardOutput=append:{home}/logs/schedule.log" in unit
+    assert "03:15" in run_nightjar("schedule", "--status", home=home, env=env).stdout
+    assert run_nightjar("schedule", "--remove", home=home, env=env).returncode == 0
+    assert list(units.iterdir()) == []
+    assert "no nightly training scheduled" in run_nightjar("schedule", "--status", home=home, env=env).stdout
+
+
+def test_next_run_time():
+    import datetime as dt
+
+    from trainer.schedule import next_run
+
+    now = dt.datetime(2025, 5, 1, 2, 0)
+    assert next_run("03:00", now) == dt.datetime(2025, 5, 1, 3, 0)
+    assert next_run("01:30", now) == dt.datetime(2025, 5, 2, 1, 30)
+
+
+# ---- faults: a damaged lineage, a full disk ----
+def test_a_version_with_damaged_adapters_is_reported(config):
+    from trainer.run import adapters_of
+
+    version = config.models_dir / "v4"
+    (version / "adapter" / "0-dpo").mkdir(parents=True)
+    (version / "adapter" / "0-dpo" / "adapter_config.json").write_text("{}")
+    with pytest.raises(NightjarError, match="v4 cannot be trained further.*missing or damaged"):
+        adapters_of(config, "v4")
+    (version / "adapter" / "0-dpo" / "adapter_model.safetensors").write_bytes(b"weights")
+    (version / "lineage" / "000-v2-0-kto").mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (version / "lineage" / "000-v2-0-kto" / name).write_text("x")
+    assert [p.name for p in adapters_of(config, "v4")] == ["000-v2-0-kto", "0-dpo"], "lineage first, in order"
+    assert adapters_of(config, "base") == []
+
+
+def test_out_of_disk_is_a_clear_message_and_nothing_is_left(config, monkeypatch):
+    import errno
+    import shutil
+
+    from trainer import run
+
+    seed_pairs(config, 25)
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000)
+    )
+    with pytest.raises(NightjarError, match="not enough free disk space"):
+        run.train(config)
+    monkeypatch.undo()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run, "_check_disk", full)  # the disk fills up during the run
+    with pytest.raises(NightjarError, match="out of disk space: nothing was published"):
+        run.train(config)
+    assert report.last_run(config)["outcome"] == "failed"
+    assert not (config.models_dir / run.STAGING).exists() or not any(
+        (config.models_dir / run.STAGING).iterdir()
+    )
+    with ReplayBuffer(config) as buf:
+        assert len(buf.rows("dpo", "train", only_unconsumed=True)) == len(buf.rows("dpo", "train"))
+
+
+def test_stage_progress_on_a_terminal_and_plain_lines_elsewhere(monkeypatch):
+    import io
+    import time
+
+    from rich.console import Console
+
+    from trainer.run import Stages
+
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=120)
+    with Stages(terminal, expected={"master": 0.5}) as stages:
+        stages.start("master")  # no steps: the last run's time drives the bar
+        time.sleep(0.4)
+        stages.start("train")
+        for step in range(1, 4):
+            stages.update(step, 3, "dpo steps")
+    shown = screen.getvalue()
+    assert "master" in shown and "train: dpo steps" in shown and "3/3" in shown and "ETA" in shown
+    assert set(stages.times) == {"master", "train"} and stages.times["master"]["seconds"] >= 0.4
+    assert stages.times["train"]["peak_rss_mib"] > 10
+
+    lines = io.StringIO()
+    with Stages(Console(file=lines, force_terminal=False)) as stages:
+        stages.start("read")
+    assert lines.getvalue().startswith("read: done in ")
+
+    monkeypatch.setenv("NIGHTJAR_FAULT_KILL_AT", "export")
+    killed = []
+    monkeypatch.setattr("os.kill", lambda pid, sig: killed.append(sig))
+    with Stages() as stages:
+        stages.start("merge")
+        assert killed == []
+        stages.start("export")
+    assert killed == [9], "the fault hook SIGKILLs the run when the named stage starts"

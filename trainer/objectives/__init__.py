@@ -1,0 +1,158 @@
+"""What the objectives share: the device plan, the float model to train on, the LoRA and the TRL arguments.
+
+A model version is its base's float master plus the LoRA adapters of its lineage, merged in order; a run
+trains a new adapter on top of that and never requantizes a quantized model. On a CUDA GPU with bitsandbytes
+the model is trained as 4-bit QLoRA in bf16; on the CPU as a plain LoRA in fp32.
+
+Each objective module (dpo, kto, raft, reward) has one `train(...)` that saves its adapter to `out` and
+returns TRL's log history (a list of dicts: loss, rewards/margins, ... per step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from assistant.config import TrainConfig
+
+Progress = Callable[[int, int], None]  # (steps done, steps in all)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where and how to train."""
+
+    cuda: bool
+    quantize_4bit: bool
+
+    @property
+    def description(self) -> str:
+        if self.quantize_4bit:
+            return "CUDA: 4-bit QLoRA (bitsandbytes), bf16"
+        return "CUDA: LoRA, bf16" if self.cuda else "CPU: LoRA, fp32"
+
+
+def device_plan(cuda: bool | None = None, bitsandbytes: bool | None = None) -> Plan:
+    """QLoRA where a CUDA device and a working bitsandbytes exist, else LoRA (bf16 on CUDA, fp32 on CPU)."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if bitsandbytes is None:
+        bitsandbytes = cuda and _bitsandbytes_works()
+    return Plan(cuda=cuda, quantize_4bit=cuda and bitsandbytes)
+
+
+def _bitsandbytes_works() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:  # broken CUDA set-ups raise many kinds on import
+        return False
+    return True
+
+
+def load_float(master: Path, adapters: list[Path], *, cuda: bool = False):
+    """The float model of a version: the master with each adapter merged into it, in order."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(master, dtype=dtype, device_map="cuda" if cuda else None)
+    for adapter in adapters:
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return model
+
+
+def load_for_training(master: Path, adapters: list[Path], plan: Plan, scratch: Path):
+    """The model to put a new LoRA on. For QLoRA the merged float model is written to `scratch` first so that
+    it can be loaded in 4 bits (the adapter is later merged into the float model, never the 4-bit one)."""
+    if not plan.quantize_4bit:
+        return load_float(master, adapters, cuda=plan.cuda)
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    source = master
+    if adapters:
+        source = scratch / "start"
+        load_float(master, adapters).save_pretrained(source)
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_use_double_quant=True,
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        source, quantization_config=quantization, dtype=torch.bfloat16, device_map={"": 0}
+    )
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+
+
+def tokenizer(master: Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(master)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def lora_config(cfg: TrainConfig, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+        task_type=task_type,
+        modules_to_save=["score"] if task_type == "SEQ_CLS" else None,
+    )
+
+
+def trl_args(cfg: TrainConfig, plan: Plan, out: Path) -> dict[str, Any]:
+    """The TrainingArguments every objective shares (its own DPOConfig/KTOConfig/... adds the rest)."""
+    return {
+        "output_dir": str(out / "trainer"),
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "num_train_epochs": cfg.epochs,
+        "max_steps": cfg.max_steps if cfg.max_steps > 0 else -1,
+        "learning_rate": cfg.learning_rate,
+        "lr_scheduler_type": "constant",
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "seed": cfg.seed,
+        "use_cpu": not plan.cuda,
+        "bf16": plan.cuda,
+        "activation_checkpointing": plan.quantize_4bit,  # saves GPU memory; on the CPU it only costs time
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        "max_length": cfg.max_length,
+    }
+
+
+def progress_callback(progress: Progress | None):
+    """A TrainerCallback reporting (step, max_steps) after every optimiser step."""
+    from transformers import TrainerCallback
+
+    class _Steps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if progress is not None:
+                progress(state.global_step, state.max_steps)
+
+    return _Steps()
+
+
+def run_trainer(trainer, out: Path) -> list[dict[str, Any]]:
+    """Train, save the adapter to `out` and return the log history."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # the log goes to the report, not to stdout
+    trainer.train()
+    trainer.model.save_pretrained(out)
+    return [dict(entry) for entry in trainer.state.log_history]

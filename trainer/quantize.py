@@ -1,0 +1,53 @@
+"""Quantize an unquantized GGUF with llama.cpp's own quantizer (llama_model_quantize)."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from pathlib import Path
+
+from assistant import atomic
+from assistant.errors import ModelFileError
+from assistant.modelfile import check_gguf, read_info
+
+
+def qtypes() -> dict[str, int]:
+    """Quantization types by name (Q4_K_M, Q8_0, F16, ...) -> llama.cpp's file type numbers."""
+    import llama_cpp
+
+    types = {"F32": llama_cpp.LLAMA_FTYPE_ALL_F32}
+    for attr in dir(llama_cpp):
+        if attr.startswith("LLAMA_FTYPE_MOSTLY_"):
+            types[attr.removeprefix("LLAMA_FTYPE_MOSTLY_")] = getattr(llama_cpp, attr)
+    return types
+
+
+def base_qtype(base_gguf: Path | str) -> str:
+    """The quantization type of a GGUF, by the name `quantize` takes (the default served type)."""
+    name = read_info(base_gguf).quantization
+    return "F32" if name == "ALL_F32" else name
+
+
+def quantize(src: Path | str, dst: Path | str, qtype: str, *, threads: int = 0) -> Path:
+    """Write `src` (an F32/F16 GGUF) quantized to `qtype` at `dst`; `dst` appears only once complete."""
+    import llama_cpp
+
+    src, dst = check_gguf(src), Path(dst)
+    types = qtypes()
+    key = qtype.upper()
+    if key not in types:
+        raise ModelFileError(f"unknown quantization type '{qtype}'; choose one of {', '.join(sorted(types))}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = types[key]
+    params.nthread = threads
+    log = logging.getLogger("llama-cpp-python")  # llama.cpp's per-tensor log lines go through this logger
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with atomic.replacing(dst) as tmp:
+            status = llama_cpp.llama_model_quantize(bytes(src), bytes(tmp), ctypes.byref(params))
+            if status != 0 or not tmp.exists():
+                raise ModelFileError(f"llama.cpp could not quantize {src.name} to {key} (status {status})")
+    finally:
+        log.setLevel(level)
+    return dst

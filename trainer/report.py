@@ -1,0 +1,201 @@
+"""What a training run leaves behind: its report (report.json, report.md, PNG plots) and the run log.
+
+Every run's report is written to `<logs>/runs/<run id>/` (and copied into the version it published); the run
+log `<logs>/runs.jsonl` has one line when a run starts and one when it ends, so `nightjar schedule --status`
+can tell the last run's outcome, and a run that never ended (killed) shows as such.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from assistant import atomic
+from assistant.config import Config
+
+REPORT_JSON, REPORT_MD = "report.json", "report.md"
+LOSS_PNG, HELDOUT_PNG = "training.png", "heldout.png"
+
+
+# ---- the run log ----
+def runs_log(config: Config) -> Path:
+    return config.logs_dir / "runs.jsonl"
+
+
+def log_event(config: Config, event: dict[str, Any]) -> None:
+    """Append one line to the run log (flushed to disk: a kill right after leaves it there)."""
+    path = runs_log(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **event}, ensure_ascii=False) + "\n"
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def last_run(config: Config) -> dict[str, Any] | None:
+    """The last run: its start and end events merged; its outcome is "unfinished" if it never ended."""
+    runs: dict[str, dict[str, Any]] = {}
+    try:
+        lines = runs_log(config).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return None
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash of the whole machine
+        run = runs.setdefault(event.get("run", "?"), {"outcome": "unfinished"})
+        if event.get("event") == "start":
+            run["started"] = event.get("time")
+        else:
+            run["ended"] = event.get("time")
+        run.update({k: v for k, v in event.items() if k not in ("event", "time")})
+    return list(runs.values())[-1] if runs else None
+
+
+def report_dir(config: Config, run_id: str) -> Path:
+    return config.logs_dir / "runs" / run_id
+
+
+# ---- the report ----
+def write(out: Path, report: dict[str, Any]) -> None:
+    """Write report.json, report.md and the plots into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out / REPORT_JSON, json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+    plots = []
+    if _plot_training(report, out / LOSS_PNG):
+        plots.append(LOSS_PNG)
+    if _plot_heldout(report, out / HELDOUT_PNG):
+        plots.append(HELDOUT_PNG)
+    atomic.write_text(out / REPORT_MD, markdown(report, plots))
+
+
+def markdown(report: dict[str, Any], plots: list[str] = ()) -> str:
+    lines = [f"# Training run {report['run_id']}", ""]
+    outcome = report.get("outcome", "?")
+    if report.get("version"):
+        outcome += f": {report['version']} is now served"
+    lines += [f"- outcome: **{outcome}**", f"- started: {report.get('started', '?')}"]
+    lines += [
+        f"- objective: {'+'.join(report.get('objectives', [])) or '-'}",
+        f"- trained from: {report.get('parent', '?')} ({report.get('base', '?')})",
+        f"- device: {report.get('device', '?')}",
+    ]
+    for reason in report.get("reasons", []):
+        lines.append(f"- why: {reason}")
+    rows = report.get("rows", {})
+    if rows:
+        lines += ["", "## Feedback rows", "", "| kind | new | replayed | held out |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['new']} | {v['replay']} | {v['holdout']} |" for k, v in rows.items()]
+    before, after = report.get("before"), report.get("after")
+    if before and after:
+        lines += [
+            "",
+            "## Held-out evaluation (served -> candidate)",
+            "",
+            "| metric | served | candidate |",
+            "|---|---|---|",
+        ]
+        for key, label in _METRICS:
+            if before.get(key) is not None or after.get(key) is not None:
+                lines.append(f"| {label} | {_fmt(before.get(key))} | {_fmt(after.get(key))} |")
+    checks = report.get("checks", [])
+    if checks:
+        lines += ["", "## Gate", ""]
+        lines += [f"- {'pass' if c['passed'] else 'FAIL'}: {c['name']}: {c['detail']}" for c in checks]
+    stages = report.get("stages", {})
+    if stages:
+        lines += ["", "## Stages", "", "| stage | seconds | peak RAM (MiB) |", "|---|---|---|"]
+        lines += [f"| {name} | {s['seconds']:.1f} | {s['peak_rss_mib']:.0f} |" for name, s in stages.items()]
+    for name, history in report.get("training", {}).items():
+        steps = [h for h in history if "loss" in h]
+        if steps:
+            lines += [
+                "",
+                f"Training ({name}): {len(steps)} steps, loss {steps[0]['loss']:.4f} -> "
+                f"{steps[-1]['loss']:.4f}",
+            ]
+    if report.get("raft"):
+        lines += ["", f"RAFT: {json.dumps(report['raft'])}"]
+    for note in report.get("notes", []):
+        lines.append(f"- note: {note}")
+    if plots:
+        lines += [""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+_METRICS = [
+    ("dpo_accuracy", "preference accuracy"),
+    ("dpo_margin", "reward margin (log-prob/token)"),
+    ("kto_desirability", "thumbs desirability"),
+    ("sft_logprob", "answers log-prob/token"),
+    ("perplexity", "reference perplexity"),
+    ("general_answered", "general questions answered"),
+]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_training(report: dict[str, Any], path: Path) -> bool:
+    """Training loss and reward margins (where the objective logs them) over steps, one line per objective."""
+    series = {
+        name: [h for h in history if "loss" in h] for name, history in report.get("training", {}).items()
+    }
+    series = {name: steps for name, steps in series.items() if steps}
+    if not series:
+        return False
+    plt = _pyplot()
+    fig, (loss_ax, margin_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, steps in series.items():
+        loss_ax.plot([h["step"] for h in steps], [h["loss"] for h in steps], label=name)
+        margins = [h for h in steps if "rewards/margins" in h]
+        if margins:
+            margin_ax.plot([h["step"] for h in margins], [h["rewards/margins"] for h in margins], label=name)
+    loss_ax.set(title="training loss", xlabel="step")
+    margin_ax.set(title="reward margin (chosen - rejected)", xlabel="step")
+    loss_ax.legend()
+    if margin_ax.lines:
+        margin_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def _plot_heldout(report: dict[str, Any], path: Path) -> bool:
+    """Held-out metrics of the served model and the candidate, side by side."""
+    before, after = report.get("before"), report.get("after")
+    if not before or not after:
+        return False
+    shown = [(label, before[k], after[k]) for k, label in _METRICS[:4] if before.get(k) is not None]
+    shown.append(("perplexity / 10", before["perplexity"] / 10, after["perplexity"] / 10))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    xs = range(len(shown))
+    ax.bar([x - 0.2 for x in xs], [b for _, b, _ in shown], width=0.4, label="served")
+    ax.bar([x + 0.2 for x in xs], [a for _, _, a in shown], width=0.4, label="candidate")
+    ax.set_xticks(list(xs), [label for label, _, _ in shown], rotation=15, fontsize=8)
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set_title("held-out evaluation")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
