@@ -125,8 +125,15 @@ class Assistant:
         notices: list[str] = []
 
         # 1. retrieval: numbered sources from the user's documents, in the messages the model answers from
-        grounding = ground(self.documents, self.engine, self.config, history, question,
-                           reserve=params.max_tokens, enabled=use_retrieval)
+        grounding = ground(
+            self.documents,
+            self.engine,
+            self.config,
+            history,
+            question,
+            reserve=params.max_tokens,
+            enabled=use_retrieval,
+        )
         sources, messages = grounding.sources, grounding.messages
         notices += grounding.notices
         documents = self.documents if use_retrieval and grounding.status != "no-index" else None

@@ -20,7 +20,7 @@ from assistant.service import Assistant
 from tests.conftest import run_nightjar
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant. Answer briefly."}
-SMALL = {"samples": 2, "breadth": 2, "beam": 1, "depth": 1, "max_steps": 3, "step_tokens": 48}
+SMALL = {"samples": 2, "breadth": 2, "beam": 1, "depth": 1, "max_steps": 3, "step_tokens": 32}
 
 
 def real_task(engine, question: str, documents=None, **options) -> Task:
@@ -28,7 +28,7 @@ def real_task(engine, question: str, documents=None, **options) -> Task:
     return Task(
         engine,
         messages,
-        GenParams(max_tokens=32),
+        GenParams(max_tokens=24),
         documents=documents,
         options=ReasoningConfig(**{**SMALL, **options}),
     )
@@ -87,7 +87,7 @@ def test_react_answers_from_an_indexed_file_with_citations_despite_an_injection(
     config.reasoning.max_steps = 2  # the search of the question, then the final answer
     assistant = Assistant(config, engine=engine)
 
-    answer = assistant.answer("Who leads Project Falcon?", strategy="react", params=GenParams(max_tokens=32))
+    answer = assistant.answer("Who leads Project Falcon?", strategy="react", params=GenParams(max_tokens=24))
     out = answer  # the same fields as an Outcome, through the whole answer API
     acts = check_actions(out, max_steps=2)
     assert acts[0]["by"] == "plan" and acts[0]["tool"] == "search_documents"
@@ -115,7 +115,7 @@ def test_cli_auto_says_what_it_picked_and_prints_the_trace(home: Path):
         "--trace",
         "What is 12 + 30?",
         home=home,
-        env={"NIGHTJAR_REASONING_STEP_TOKENS": "40"},
+        env={"NIGHTJAR_REASONING_STEP_TOKENS": "32"},
     )
     assert result.returncode == 0, result.stderr
     assert "strategy: self-consistency (auto-picked" in result.stderr

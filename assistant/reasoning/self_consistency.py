@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from assistant.reasoning.answers import normalize, vote
+from assistant.reasoning.answers import NO_ANSWER, normalize, vote
 from assistant.reasoning.base import Outcome, Steps, Task
 from assistant.reasoning.cot import cot_messages, reason
 
@@ -24,7 +24,7 @@ def run(task: Task) -> Outcome:
         params = replace(task.params, temperature=options.sample_temperature, seed=task.params.seed + i)
         samples.append(reason(steps, messages, params, sample=i))
 
-    winner, votes = vote([answer for _, answer, _ in samples])
+    winner, votes = vote([answer for _, answer, _ in samples if answer != NO_ANSWER])  # no answer: no vote
     chosen = next((s for s in samples if winner is not None and normalize(s[1]) == winner), None)
     confidence = round(votes[winner] / len(samples), 3) if winner is not None else 0.0
     steps.record("vote", votes=votes, winner=winner, confidence=confidence, samples=len(samples))
