@@ -19,6 +19,7 @@ import pytest
 from assistant import config as config_mod
 from assistant import registry
 from assistant.engine import GenParams, LlamaCppEngine, chat
+from assistant.errors import NightjarError
 from assistant.feedback import ReplayBuffer
 from assistant.feedback.keys import prompt_key, split_of
 from tests.conftest import run_nightjar
@@ -149,9 +150,10 @@ def killed(home: Path) -> list[tuple[str, int, dict]]:
         env = {
             **ENV,
             "NIGHTJAR_TRAIN_MAX_STEPS": "1",
+            "NIGHTJAR_TRAIN_BATCH_SIZE": "2",
             "NIGHTJAR_FAULT_KILL_AT": stage + delays.get(stage, ""),
         }
-        result = run_nightjar("train", home=home, env=env, timeout=900)
+        result = run_nightjar("train", home=home, env=env, timeout=3600)
         assert result.returncode == -9, f"not killed in stage {stage}: {result.stderr[-2000:]}"
         out.append((stage, result.returncode, state(home)))
     return out
@@ -170,7 +172,7 @@ def test_a_run_killed_at_any_stage_changes_nothing(killed, home: Path, model_ans
 @pytest.fixture(scope="module")
 def published(killed, home: Path) -> dict:
     """A clean run after all the kills."""
-    result = run_nightjar("train", home=home, env=ENV, timeout=1200)
+    result = run_nightjar("train", home=home, env=ENV, timeout=3600)
     assert result.returncode == 0, result.stderr[-3000:]
     return {"stdout": result.stdout, "stderr": result.stderr}
 
@@ -209,7 +211,7 @@ def test_a_harmful_update_is_rejected_and_the_good_version_stays(published, home
     config = config_mod.load(home, environ={})
     assert registry.current_version(config) == "v1"
     result = run_nightjar(
-        "train", home=home, env={**ENV, "NIGHTJAR_TRAIN_REPLAY_FRACTION": "0"}, timeout=1200
+        "train", home=home, env={**ENV, "NIGHTJAR_TRAIN_REPLAY_FRACTION": "0"}, timeout=3600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "not better" in result.stdout and "held-out pairs" in result.stdout, result.stdout
@@ -291,3 +293,9 @@ def test_kto_raft_and_reward_objectives_train_real_adapters(published, home: Pat
     assert (tmp_path / "reward-model" / "adapter_model.safetensors").is_file()
     history = raft.train(load_float(master, chain), tok, rows, config.train, plan, tmp_path / "raft")
     assert history[0]["loss"] > 0 and lora_b_nonzero(tmp_path / "raft")
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(chain[0], damaged)
+    (damaged / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(NightjarError, match="damaged"):
+        load_float(master, [damaged])
