@@ -19,6 +19,7 @@ import json
 import re
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--fresh", action="store_true", help="rebuild the index")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # each figure as soon as it is measured
 
     home = OUT / "home"
     if args.fresh:

@@ -20,6 +20,7 @@ import json
 import math
 import shutil
 import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--rrf-k", type=int, default=60, help="reciprocal rank fusion's k")
     parser.add_argument("--fresh", action="store_true", help="rebuild the index from scratch")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # each figure as soon as it is measured
 
     corpus, queries, qrels = read_beir(args.dataset)
     work = OUT / args.dataset.resolve().parent.name / args.dataset.name

@@ -271,7 +271,7 @@ def phase_baseline(args) -> dict:
     from retrieval.index import Index
 
     index = Index(Path(args.index), RetrievalConfig())
-    _, texts = index.catalog.texts_of_docs([d.id for d in index.catalog.live_docs().values()])
+    texts = [t for _, t in index.catalog.texts_of_docs([d.id for d in index.catalog.live_docs().values()])]
     reference = BM25Okapi([tokenize(t) for t in texts])
     times = []
     for q in queries(10):
@@ -323,6 +323,7 @@ def main() -> None:
         }
         print(json.dumps(phases[args.phase](args)))
         return
+    sys.stdout.reconfigure(line_buffering=True)  # each figure as soon as it is measured
 
     print(
         f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other work slows both sides)"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+from array import array
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
@@ -47,45 +49,58 @@ class BM25Index:
     @classmethod
     def build(
         cls,
-        ids: np.ndarray,
-        texts: list[str],
+        chunks: Iterable[tuple[int, str]],
         k1: float = 1.5,
         b: float = 0.75,
         epsilon: float = 0.25,
         backend: str = "numpy",
     ) -> BM25Index:
+        """Index (chunk id, text) pairs; texts are read once and only their token ids are kept."""
         import bm25s
         import scipy.sparse as sp
 
-        docs = [tokenize(t) for t in texts]
         vocab: dict[str, int] = {}
-        cols = np.fromiter((vocab.setdefault(t, len(vocab)) for d in docs for t in d), dtype=np.int32)
-        lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
-        n, v = len(docs), len(vocab)
+        ids, tokens, sizes = array("q"), array("i"), array("q")
+        for chunk_id, text in chunks:
+            start = len(tokens)
+            tokens.extend([vocab.setdefault(t, len(vocab)) for t in tokenize(text)])
+            ids.append(chunk_id)
+            sizes.append(len(tokens) - start)
+        cols = np.frombuffer(tokens, dtype=np.int32) if tokens else np.zeros(0, dtype=np.int32)
+        lengths = np.frombuffer(sizes, dtype=np.int64) if sizes else np.zeros(0, dtype=np.int64)
+        n, v = len(lengths), len(vocab)
         rows = np.repeat(np.arange(n, dtype=np.int32), lengths)
         tf = sp.csc_matrix((np.ones(len(cols), dtype=np.float32), (rows, cols)), shape=(n, v))
+        del rows, cols, tokens
         tf.sum_duplicates()  # column t holds (chunk, frequency of t in it)
         df = np.diff(tf.indptr)
         idf = np.log(n - df + 0.5) - np.log(df + 0.5)
         if v:
             idf[idf < 0] = epsilon * idf.mean()
-        avgdl = lengths.mean() if n else 1.0
-        freq = tf.data.astype(np.float64)
-        norm = k1 * (1 - b + b * lengths[tf.indices] / max(avgdl, 1e-9))
-        term = np.repeat(np.arange(v), df)
-        data = (idf[term] * freq * (k1 + 1) / (freq + norm)).astype(np.float32)
+        avgdl = max(float(lengths.mean()) if n else 1.0, 1e-9)
+        # score = idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avglen)), in place, in float32: a
+        # collection of 100k chunks has ~20M (term, chunk) pairs, and float64 temporaries would cost GBs
+        freq = tf.data
+        norm = lengths.astype(np.float32)[tf.indices]
+        norm *= k1 * b / avgdl
+        norm += k1 * (1 - b)
+        norm += freq
+        data = freq * np.float32(k1 + 1)
+        data /= norm
+        del norm
+        data *= np.repeat(idf.astype(np.float32), df)
 
         retriever = bm25s.BM25(k1=k1, b=b, method="robertson", backend=backend)
         retriever.scores = {
             "data": data,
-            "indices": tf.indices.astype(np.int32),
+            "indices": tf.indices.astype(np.int32, copy=False),
             "indptr": tf.indptr.astype(np.int64),
             "num_docs": n,
         }
         retriever.vocab_dict = vocab
         retriever.unique_token_ids_set = set(vocab.values())
         retriever.nonoccurrence_array = None
-        return cls(retriever, np.asarray(ids, dtype=np.int64), idf.astype(np.float32), k1, b)
+        return cls(retriever, np.array(ids, dtype=np.int64), idf.astype(np.float32), k1, b)
 
     def query_ids(self, query: str) -> list[int]:
         vocab = self.retriever.vocab_dict

@@ -233,16 +233,38 @@ class Catalog:
             out += [r[0] for r in self.db.execute(f"SELECT id FROM chunks WHERE doc_id IN ({marks})", part)]
         return np.asarray(out, dtype=np.int64)
 
+    @contextmanager
+    def _selected(self, doc_ids: Iterable[int]) -> Iterator[None]:
+        """The documents `doc_ids` in the temporary table `wanted`, for joins."""
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted(id INTEGER PRIMARY KEY)")
+        self.db.execute("DELETE FROM wanted")
+        self.db.executemany("INSERT OR IGNORE INTO wanted(id) VALUES (?)", ((i,) for i in doc_ids))
+        try:
+            yield
+        finally:
+            self.db.execute("DELETE FROM wanted")
+
+    def count_chunks(self, doc_ids: Iterable[int]) -> int:
+        with self._selected(doc_ids):
+            return self.db.execute(
+                "SELECT COUNT(*) FROM chunks c JOIN wanted w ON c.doc_id = w.id"
+            ).fetchone()[0]
+
     def vectors_of_docs(self, doc_ids: Iterable[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
-        ids, blobs = [], []
-        for doc_id in doc_ids:
-            for cid, blob in self.db.execute(
-                "SELECT id, vector FROM chunks WHERE doc_id = ? ORDER BY id", (doc_id,)
-            ):
-                ids.append(cid)
-                blobs.append(blob)
-        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim)
-        return np.asarray(ids, dtype=np.int64), vectors
+        """(chunk ids, embeddings) of the given documents' chunks, in chunk id order."""
+        with self._selected(doc_ids):
+            n = self.db.execute("SELECT COUNT(*) FROM chunks c JOIN wanted w ON c.doc_id = w.id").fetchone()[
+                0
+            ]
+            ids = np.empty(n, dtype=np.int64)
+            vectors = np.empty((n, dim), dtype=np.float32)
+            rows = self.db.execute(
+                "SELECT c.id, c.vector FROM chunks c JOIN wanted w ON c.doc_id = w.id ORDER BY c.id"
+            )
+            for i, (cid, blob) in enumerate(rows):
+                ids[i] = cid
+                vectors[i] = np.frombuffer(blob, dtype=np.float32, count=dim)
+        return ids, vectors
 
     def vectors_of_chunks(self, chunk_ids: list[int], dim: int) -> dict[int, np.ndarray]:
         marks = ",".join("?" * len(chunk_ids))
@@ -253,19 +275,14 @@ class Catalog:
         )
         return {cid: np.frombuffer(blob, dtype=np.float32, count=dim) for cid, blob in rows}
 
-    def texts_of_docs(self, doc_ids: Iterable[int]) -> tuple[np.ndarray, list[str]]:
-        """(chunk ids, indexed texts) of the given documents' chunks, in chunk id order."""
-        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted(id INTEGER PRIMARY KEY)")
-        self.db.execute("DELETE FROM wanted")
-        self.db.executemany("INSERT OR IGNORE INTO wanted(id) VALUES (?)", ((i,) for i in doc_ids))
-        rows = self.db.execute(
-            "SELECT c.id, c.heading, c.text FROM chunks c JOIN wanted w ON c.doc_id = w.id ORDER BY c.id"
-        ).fetchall()
-        self.db.execute("DELETE FROM wanted")
-        return (
-            np.asarray([r[0] for r in rows], dtype=np.int64),
-            [heading_prefix(json.loads(r[1])) + r[2] for r in rows],
-        )
+    def texts_of_docs(self, doc_ids: Iterable[int]) -> Iterator[tuple[int, str]]:
+        """(chunk id, indexed text) of the given documents' chunks, in chunk id order, one at a time."""
+        with self._selected(doc_ids):
+            rows = self.db.execute(
+                "SELECT c.id, c.heading, c.text FROM chunks c JOIN wanted w ON c.doc_id = w.id ORDER BY c.id"
+            )
+            for cid, heading, text in rows:
+                yield cid, heading_prefix(json.loads(heading)) + text
 
     def chunks(self, chunk_ids: list[int]) -> dict[int, ChunkRow]:
         """Live chunks by id (ids of chunks no longer live are left out)."""

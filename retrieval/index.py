@@ -185,20 +185,20 @@ class Index:
         """Search structures for the live documents `keep_docs` + `add_docs`: the vector store updated from
         `base` when it still fits (else rebuilt from the catalog's embeddings); BM25 rebuilt from texts."""
         all_docs = list(keep_docs) + list(add_docs)
-        ids, texts = self.catalog.texts_of_docs(all_docs)
-        kind = choose_kind(self.config.vector_index, len(ids), self.config.ann_threshold)
-        if base is not None and len(base) and base.fits(kind, len(ids)):
+        n = self.catalog.count_chunks(all_docs)
+        kind = choose_kind(self.config.vector_index, n, self.config.ann_threshold)
+        if base is not None and len(base) and base.fits(kind, n):
             base.remove(np.asarray(drop_chunks, dtype=np.int64))
             new_ids, new_vectors = self.catalog.vectors_of_docs(add_docs, self.dim())
             base.add(new_ids, new_vectors)
             vectors = base
         else:
-            dim = self.dim() if len(ids) else int(self.catalog.meta("dim") or 0) or 1
+            dim = self.dim() if n else int(self.catalog.meta("dim") or 0) or 1
             all_ids, all_vectors = self.catalog.vectors_of_docs(all_docs, dim)
             vectors = FaissStore.create(dim, kind, train=all_vectors)
             vectors.add(all_ids, all_vectors)
-            del all_vectors
-        bm25 = BM25Index.build(ids, texts, backend=self.config.bm25_backend)
+            del all_ids, all_vectors
+        bm25 = BM25Index.build(self.catalog.texts_of_docs(all_docs), backend=self.config.bm25_backend)
         return vectors, bm25
 
     def _write(self, generation: int, vectors: FaissStore, bm25: BM25Index) -> None:

@@ -32,7 +32,7 @@ QUERIES = [
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_scores_match_rank_bm25(backend: str):
-    served = BM25Index.build(np.arange(10, 10 + len(CORPUS)), CORPUS, backend=backend)
+    served = BM25Index.build(zip(range(10, 10 + len(CORPUS)), CORPUS, strict=True), backend=backend)
     reference = BM25Okapi([tokenize(t) for t in CORPUS])
     assert sum(1 for t in CORPUS if "bird" in tokenize(t)) > len(CORPUS) / 2
     for query in QUERIES:
@@ -43,7 +43,7 @@ def test_scores_match_rank_bm25(backend: str):
 
 
 def test_saved_index_scores_the_same(tmp_path: Path):
-    index = BM25Index.build(np.array([5, 7, 9, 11, 13, 17, 19, 23]), CORPUS)
+    index = BM25Index.build(zip([5, 7, 9, 11, 13, 17, 19, 23], CORPUS, strict=True))
     folder = tmp_path / "bm25"
     folder.mkdir()
     index.save(folder)
@@ -54,7 +54,7 @@ def test_saved_index_scores_the_same(tmp_path: Path):
 
 
 def test_keyword_coverage_scale():
-    index = BM25Index.build(np.arange(len(CORPUS)), CORPUS)
+    index = BM25Index.build(enumerate(CORPUS))
     scores = index.score_all("nightjar moths")
     # the first document holds both words once and is close to average length: coverage near 1
     assert 0.8 < scores[0] / index.max_score("nightjar moths") <= 1.2

@@ -401,3 +401,29 @@ def test_stage_progress_on_a_terminal_and_plain_lines_elsewhere(monkeypatch):
         assert killed == []
         stages.start("export")
     assert killed == [9], "the fault hook SIGKILLs the run when the named stage starts"
+
+
+def test_eval_scores_are_remembered_per_model_file_and_holdout(tmp_path: Path, monkeypatch):
+    import os
+
+    from trainer import evaluate
+
+    calls: list[Path] = []
+
+    def fake_score(gguf, holdout, n_ctx, progress=None, threads=0):
+        calls.append(gguf)
+        return ModelScores(perplexity=float(len(calls)))
+
+    monkeypatch.setattr(evaluate, "score", fake_score)
+    model, cache = tmp_path / "model.gguf", tmp_path / "cache.json"
+    model.write_bytes(b"GGUF model")
+    holdout = {"dpo": [{"id": "a"}, {"id": "b"}]}
+    first = evaluate.score_cached(cache, model, holdout, 512)
+    assert evaluate.score_cached(cache, model, holdout, 512) == first and len(calls) == 1
+    moved = tmp_path / "v1.gguf"
+    os.rename(model, moved)  # what a publish does
+    assert evaluate.score_cached(cache, moved, holdout, 512) == first and len(calls) == 1
+    evaluate.score_cached(cache, moved, {"dpo": [{"id": "a"}, {"id": "c"}]}, 512)
+    assert len(calls) == 2, "other held-out rows: scored again"
+    os.utime(moved, ns=(1, 1))
+    assert evaluate.score_cached(cache, moved, holdout, 512).perplexity == 3.0, "another file: scored again"

@@ -123,22 +123,25 @@ def kto_rows(home: Path) -> list[dict]:
         buf.close()
 
 
-def test_streamed_answer_then_thumbs_down_reaches_the_replay_buffer(home: Path, engine):
+def test_streamed_answer_then_thumbs_down_reaches_the_replay_buffer(home: Path, engine, monkeypatch):
+    shown: list[str] = []  # the answer's text each time a streamed piece reached its view
+    on_token = AnswerView.on_answer_view_token
+
+    async def recording(view: AnswerView, message: AnswerView.Token) -> None:
+        await on_token(view, message)
+        shown.append(view.turn.text)
+
+    monkeypatch.setattr(AnswerView, "on_answer_view_token", recording)
+
     async def scenario() -> None:
         app = make_app(home, engine)
         async with app.run_test(size=(80, 24)) as pilot:
-            seen: list[str] = []
-            app.chat.query_one(Composer).load_text("What is the capital of France?")
-            await pilot.press("enter")
-            while app.chat.generating is not None or not app.chat.answers():
-                if app.chat.answers():
-                    seen.append(app.chat.answers()[-1].turn.text)
-                await asyncio.sleep(0.02)
-            view = await wait_answered(pilot, app, 1)
+            view = await ask(pilot, app, "What is the capital of France?")
             final = view.turn.text
             assert final and view.turn.interaction_id
-            partial = {s for s in seen if s and s != final}
-            assert len(partial) >= 2, "the answer should appear piece by piece before it is complete"
+            assert len(shown) >= 2, "the answer should appear piece by piece before it is complete"
+            assert all(b.startswith(a) and b != a for a, b in zip(shown, shown[1:], strict=False))
+            assert shown[-1].strip() == final.strip()
 
             await pilot.press("escape")  # select the answer
             assert app.focused is view

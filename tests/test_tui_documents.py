@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 from test_tui_chat import FALCON, ask, make_app, run_command, seed_conversation
 from textual.widgets import DataTable, OptionList, ProgressBar
 from textual.widgets._markdown import MarkdownParagraph
 
+from retrieval import indexer
 from tui.composer import Composer
 from tui.indexing import IndexScreen
 from tui.library import SourcesScreen
 
 
-def test_index_a_folder_from_the_app_then_answer_from_it(home: Path, engine, tmp_path: Path):
+def test_index_a_folder_from_the_app_then_answer_from_it(home: Path, engine, tmp_path: Path, monkeypatch):
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "falcon.md").write_text(
@@ -23,6 +25,16 @@ def test_index_a_folder_from_the_app_then_answer_from_it(home: Path, engine, tmp
     (docs / "freedonia.txt").write_text("The capital of Freedonia is Fredville.\n")
     (docs / "broken.txt").write_bytes(bytes(range(256)) * 8)
     app = make_app(home, engine, max_tokens=12, folder=docs)
+    # the real indexer, held at its start until the test has typed into the chat: on a fast machine three
+    # small files would otherwise be indexed before the test could look
+    release = threading.Event()
+    update = indexer.update
+
+    def held_update(*args, **kwargs):
+        assert release.wait(60)
+        return update(*args, **kwargs)
+
+    monkeypatch.setattr(indexer, "update", held_update)
 
     async def scenario() -> None:
         async with app.run_test(size=(80, 24)) as pilot:
@@ -35,12 +47,11 @@ def test_index_a_folder_from_the_app_then_answer_from_it(home: Path, engine, tmp
             assert screen.running
             await pilot.press("escape")  # back to the chat: indexing goes on in the background
             composer = app.chat.query_one(Composer)
-            typed = 0
+            await pilot.press("x", "y", "z")  # and the app stays responsive meanwhile
+            assert screen.running and composer.text == "xyz"
+            release.set()
             while screen.running:
-                await pilot.press("x")  # and the app stays responsive meanwhile
-                typed += 1
-                await pilot.pause(0.2)
-            assert composer.text == "x" * typed
+                await pilot.pause(0.1)
             composer.clear()
             assert app.chat.status.index == "2 docs, 2 chunks" and app.chat.status.indexing == ""
             await run_command(pilot, "Index a folder")  # its progress and outcome are kept

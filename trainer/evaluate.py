@@ -13,11 +13,15 @@ more than `train.canary_tolerance`, and a fixed set of general questions must st
 
 from __future__ import annotations
 
+import hashlib
+import json
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from assistant import atomic
 
 REFERENCE_TEXT = Path(__file__).resolve().parent.parent / "data" / "reference.txt"
 SYSTEM = "You are a helpful assistant. Answer briefly and accurately."
@@ -126,7 +130,7 @@ def score(
     if likely:
         out.sft_rows, out.sft_logprob = len(likely), statistics.fmean(likely)
 
-    params = GenParams(temperature=0.0, max_tokens=32)
+    params = GenParams(temperature=0.0, max_tokens=24)
     for question, words in GENERAL_PROMPTS:
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
         answer = chat(scorer.engine, messages, params).result().text.strip()
@@ -140,6 +144,34 @@ def score(
     out.perplexity = perplexity(gguf, reference, n_ctx=min(n_ctx, 512), threads=threads)
     step()
     return out
+
+
+def score_cached(
+    cache: Path,
+    gguf: Path,
+    holdout: dict[str, list[dict[str, Any]]],
+    n_ctx: int,
+    progress=None,
+    threads: int = 0,
+) -> ModelScores:
+    """`score`, remembered in `cache` (a JSON file) for the same model file and holdout rows: the served
+    model is then scored once, not on every retry, and a published candidate's scores serve the next run."""
+    stat = Path(gguf).stat()  # a publish renames the file: size and mtime stay, the path changes
+    rows = sorted(r["id"] for kind in sorted(holdout) for r in holdout[kind])
+    canaries = [GENERAL_PROMPTS, REFERENCE_TEXT.read_text(encoding="utf-8")]
+    key = json.dumps([stat.st_size, stat.st_mtime_ns, n_ctx, rows, canaries])
+    key = hashlib.sha256(key.encode()).hexdigest()
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return ModelScores(**known[key])
+    scores = score(gguf, holdout, n_ctx, progress, threads)
+    kept = dict(list(known.items())[-7:])  # the newest few are enough
+    kept[key] = scores.to_dict()
+    atomic.write_text(cache, json.dumps(kept))
+    return scores
 
 
 def decide(before: ModelScores, after: ModelScores, trained_kinds: list[str], tolerance: float) -> Verdict:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant import registry
-from assistant.config import OBJECTIVES, Config
+from assistant.config import Config
 from assistant.errors import NightjarError
 from trainer import data, report
 
@@ -46,6 +46,7 @@ KILL_ENV = "NIGHTJAR_FAULT_KILL_AT"
 STAGING = ".staging"
 LOCK_FILE = ".train.lock"
 LINEAGE, ADAPTER = "lineage", "adapter"
+EVAL_CACHE = ".eval-cache.json"  # scores of model files on holdouts (see evaluate.score_cached)
 log = logging.getLogger("nightjar.train")
 
 
@@ -459,20 +460,11 @@ def _run(config: Config, run_id: str, dry_run: bool, console) -> RunResult:
         from trainer import evaluate
 
         _, served = registry.served_model(config)
-        before = evaluate.score(
-            served,
-            batch.holdout,
-            cfg.eval_n_ctx,
-            lambda d, t: stages.update(d, 2 * t, "served model"),
-            cfg.threads,
-        )
-        after = evaluate.score(
-            candidate,
-            batch.holdout,
-            cfg.eval_n_ctx,
-            lambda d, t: stages.update(t + d, 2 * t, "candidate"),
-            cfg.threads,
-        )
+        cache, holdout, n_ctx = config.models_dir / EVAL_CACHE, batch.holdout, cfg.eval_n_ctx
+        on_served = lambda d, t: stages.update(d, 2 * t, "served model")  # noqa: E731
+        on_candidate = lambda d, t: stages.update(t + d, 2 * t, "candidate")  # noqa: E731
+        before = evaluate.score_cached(cache, served, holdout, n_ctx, on_served, cfg.threads)
+        after = evaluate.score_cached(cache, candidate, holdout, n_ctx, on_candidate, cfg.threads)
         verdict = evaluate.decide(before, after, kinds, cfg.canary_tolerance)
 
         # -- publish --
@@ -546,22 +538,19 @@ def _train_one(
     notes: list[str],
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train one objective's adapter into `out`; returns its log history and (for RAFT) ranking stats."""
-    from trainer.objectives import load_for_training
+    from trainer.objectives import dpo, kto, load_for_training, raft
 
-    cfg = config.train
     steps = lambda d, t: stages.update(d, t, f"{objective} steps")  # noqa: E731
-    if objective in ("dpo", "kto"):
-        module = __import__(f"trainer.objectives.{objective}", fromlist=["train"])
-        model = load_for_training(master, chain, device, staging)
-        return module.train(model, tok, batch.train_rows(objective), cfg, device, out, steps), {}
-    assert objective == "raft" and objective in OBJECTIVES
-    rows, stats = _raft_rows(config, batch, master, chain, device, tok, staging, stages, notes)
-    if not rows:
-        raise NightjarError("RAFT kept no answer: every sampled answer failed the rule checks")
+    stats: dict[str, Any] = {}
+    if objective == "raft":
+        rows, stats = _raft_rows(config, batch, master, chain, device, tok, staging, stages, notes)
+        if not rows:
+            raise NightjarError("RAFT kept no answer: every sampled answer failed the rule checks")
+    else:
+        rows = batch.train_rows(objective)
     model = load_for_training(master, chain, device, staging)
-    from trainer.objectives import raft
-
-    return raft.train(model, tok, rows, cfg, device, out, steps), stats
+    module = {"dpo": dpo, "kto": kto, "raft": raft}[objective]
+    return module.train(model, tok, rows, config.train, device, out, steps), stats
 
 
 def _raft_rows(config, batch, master, chain, device, tok, staging, stages, notes):

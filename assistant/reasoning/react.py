@@ -1,12 +1,14 @@
 """`react`: an agent loop of Thought -> Action -> Observation over the user's documents.
 
 1. Plan: the model splits the question into sub-questions (JSON-schema constrained), and the agent searches
-   the documents for the question and each sub-question (three searches at most): every search is a hop.
+   the documents for the question and each sub-question (three searches at most). A search that finds new
+   results is a hop.
 2. Loop: the model writes one action at a time, a thought and a tool call, generated under a JSON schema that
    only admits the tools, sources and citations available at that step, so even a 135M model always emits a
    valid call. The tool's result (or its error) comes back as the next observation, marked as data.
 3. At the step limit, or when the token budget is nearly spent, the schema admits only `final_answer`, whose
-   citations must name one result from every search hop: the agent always finishes, with a cited answer.
+   citations must name one of the new results of every hop: the agent always finishes, with an answer that
+   cites what each hop contributed.
 """
 
 from __future__ import annotations

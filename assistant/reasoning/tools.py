@@ -66,7 +66,8 @@ class Toolbox:
         self.documents = documents
         self.sources: dict[int, dict[str, Any]] = {}  # n -> source dict, in the order first seen
         self._numbers: dict[str, int] = {}  # chunk key -> n
-        self.hops: dict[str, list[int]] = {}  # normalized search query -> numbers of its results
+        self.searches: dict[str, list[int]] = {}  # normalized query -> numbers of its results
+        self.hops: list[list[int]] = []  # per search that found something new: the numbers it found first
         self.readable: dict[tuple[str, str], None] = {}  # (source, location) pairs read_source may open
         self._indexed: set[str] | None = None
 
@@ -76,10 +77,10 @@ class Toolbox:
         return [t for t in allowed if t != "read_source" or self.readable]
 
     def citation_schema(self) -> dict[str, Any]:
-        """Citations: one result from every search hop that found something, or none if nothing was found."""
-        hops = [numbers for numbers in self.hops.values() if numbers]
-        if hops:
-            return {"type": "array", "prefixItems": [{"enum": numbers} for numbers in hops]}
+        """Citations: one result from every hop (a search that found something new), or none if nothing was
+        found; so a multi-hop answer cites what each hop added."""
+        if self.hops:
+            return {"type": "array", "prefixItems": [{"enum": numbers} for numbers in self.hops]}
         if self.sources:
             return {"type": "array", "items": {"enum": list(self.sources)}, "minItems": 1, "maxItems": 3}
         return {"type": "array", "items": {"type": "integer"}, "maxItems": 0}
@@ -137,9 +138,9 @@ class Toolbox:
             wrong = [c for c in args["citations"] if isinstance(c, bool) or c not in self.sources]
             if wrong:
                 raise ToolError(f"final_answer cites {wrong}, which no tool returned")
-            uncited = [hop for hop in self.hops.values() if hop and not set(hop) & set(args["citations"])]
+            uncited = [hop for hop in self.hops if not set(hop) & set(args["citations"])]
             if uncited:
-                raise ToolError(f"final_answer must cite a result of every search: one of {uncited[0]}")
+                raise ToolError(f"final_answer must cite a result of every hop: one of {uncited[0]}")
         return tool, args
 
     # ---- running a tool ----
@@ -189,14 +190,18 @@ class Toolbox:
 
     def _search(self, query: str) -> str:
         assert self.documents is not None
-        hop = " ".join(query.lower().split())
-        if self.hops.get(hop):
-            found = "".join(f"[{n}]" for n in self.hops[hop])
+        key = " ".join(query.lower().split())
+        if self.searches.get(key):
+            found = "".join(f"[{n}]" for n in self.searches[key])
             raise ToolError(f"already searched for {query!r}: its results are {found} above")
+        seen = set(self.sources)
         text, numbers = self._show(self.documents.search(query, k=SEARCH_K))
+        self.searches[key] = numbers
         if not numbers:
             return f"no results for {query!r}"
-        self.hops[hop] = list(dict.fromkeys(self.hops.get(hop, []) + numbers))
+        new = [n for n in numbers if n not in seen]
+        if new:
+            self.hops.append(new)
         return text
 
     def _read(self, source: str, location: str) -> str:
@@ -205,12 +210,13 @@ class Toolbox:
             self._indexed = {str(s.get("source")) for s in self.documents.list_sources()}
         if source not in self._indexed:
             raise ToolError(f"read_source: {source!r} is not an indexed source")
+        seen = set(self.sources)
         text, numbers = self._show(self.documents.read_source(source, location or None))
         if not numbers:
             return f"nothing to read in {source}"
-        for hop in self.hops.values():  # text read around a hop's result counts for that hop too
+        for hop in self.hops:  # text read around a hop's result counts for that hop too
             if any(self.sources[n].get("source") == source for n in hop):
-                hop.extend(n for n in numbers if n not in hop)
+                hop.extend(n for n in numbers if n not in seen and n not in hop)
         return text
 
     def _list(self) -> str:

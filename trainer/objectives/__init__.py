@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.config import TrainConfig
+from assistant.errors import NightjarError
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
@@ -62,7 +63,13 @@ def load_float(master: Path, adapters: list[Path], *, cuda: bool = False):
     dtype = torch.bfloat16 if cuda else torch.float32
     model = AutoModelForCausalLM.from_pretrained(master, dtype=dtype, device_map="cuda" if cuda else None)
     for adapter in adapters:
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        try:
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        except Exception as exc:  # safetensors and peft raise many kinds on a damaged adapter
+            raise NightjarError(
+                f"the adapter {adapter} is damaged ({exc.__class__.__name__}); serve another version with "
+                "`nightjar models use VERSION`"
+            ) from exc
     return model
 
 
