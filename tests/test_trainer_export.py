@@ -12,6 +12,7 @@ import pytest
 from assistant import config as config_mod
 from assistant.engine import GenParams, LlamaCppEngine, chat
 from assistant.errors import ModelFileError
+from assistant.modelfile import read_info
 from tests.conftest import ROOT
 from trainer import master as master_mod
 from trainer import perplexity as ppl
@@ -180,3 +181,37 @@ def test_bad_inputs_are_refused_with_clear_errors(model_path: Path, tmp_path: Pa
     with pytest.raises(ModelFileError, match="the model's tensors do not match its base GGUF"):
         export_gguf({"model.norm.weight": np.ones(576, dtype=np.float32)}, model_path, tmp_path / "out.gguf")
     assert not list(tmp_path.glob("*out.gguf*"))  # nothing half-written is left behind
+
+
+def test_an_update_the_base_type_rounds_away_is_served_in_a_finer_type(master, model_path, tmp_path):
+    """The master lies on the base's Q4_1 grid, so requantizing to Q4_1 rounds a small update back to the
+    base's values; the run measures that and serves the first type that keeps the update."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from assistant.config import TrainConfig
+    from trainer.quantize import kept_fraction
+    from trainer.run import _quantize
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(master, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.002)
+    state = peft_model.merge_and_unload().state_dict()
+    f32 = export_gguf(state, model_path, tmp_path / "f32.gguf", "F32")
+
+    served, notes = tmp_path / "model.gguf", []
+    qtype, kept = _quantize(TrainConfig(), model_path, f32, served, "Q4_1", notes)
+    assert qtype == "Q8_0" and kept > 0.9, (qtype, kept)
+    assert len(notes) == 1 and notes[0].startswith("Q4_1 kept ") and "quantizing to Q8_0" in notes[0]
+    assert not f32.exists() and read_info(served).quantization == "Q8_0"
+
+    f32 = export_gguf(state, model_path, tmp_path / "f32.gguf", "F32")
+    forced, notes = tmp_path / "forced.gguf", []
+    qtype, kept = _quantize(TrainConfig(quant_type="q4_1"), model_path, f32, forced, "Q4_1", notes)
+    assert qtype == "Q4_1" and kept < 0.2 and "keeps only" in notes[0], (qtype, kept, notes)
+    assert kept_fraction(model_path, model_path, model_path) == 1.0  # no change: nothing to lose

@@ -427,3 +427,11 @@ def test_eval_scores_are_remembered_per_model_file_and_holdout(tmp_path: Path, m
     assert len(calls) == 2, "other held-out rows: scored again"
     os.utime(moved, ns=(1, 1))
     assert evaluate.score_cached(cache, moved, holdout, 512).perplexity == 3.0, "another file: scored again"
+
+
+def test_the_served_type_ladder_starts_at_the_base_type_unless_one_is_configured():
+    from trainer.quantize import ladder
+
+    assert ladder("Q4_1", "") == ["Q4_1", "Q8_0", "F16"]
+    assert ladder("Q8_0", "") == ["Q8_0", "F16"]
+    assert ladder("Q4_1", "q4_k_m") == ["Q4_K_M"]

@@ -51,3 +51,36 @@ def quantize(src: Path | str, dst: Path | str, qtype: str, *, threads: int = 0) 
     finally:
         log.setLevel(level)
     return dst
+
+
+def kept_fraction(base: Path | str, wanted: Path | str, quantized: Path | str) -> float:
+    """How much of the change from `base` to `wanted` (a float GGUF) survives in `quantized`, in [0, 1].
+
+    The master is the base GGUF dequantized, so its weights lie on the base type's grid: requantizing to
+    that same type rounds a small LoRA update straight back to the base's values (SmolLM2's Q4_1 keeps a
+    few percent of a DPO update that moved the float model completely). Measured as the projection of the
+    quantized change onto the wanted one, over the tensors that changed.
+    """
+    import gguf
+    import numpy as np
+
+    readers = [gguf.GGUFReader(p) for p in (base, wanted, quantized)]
+    tensors = [{t.name: t for t in r.tensors} for r in readers]
+    along = total = 0.0
+    for name in tensors[0]:
+        b, w = (gguf.quants.dequantize(ts[name].data, ts[name].tensor_type).ravel() for ts in tensors[:2])
+        change = w - b
+        if not change.any():
+            continue
+        q = gguf.quants.dequantize(tensors[2][name].data, tensors[2][name].tensor_type).ravel()
+        along += float(np.dot(change, q - b))
+        total += float(np.dot(change, change))
+    return 1.0 if total == 0 else max(0.0, min(1.0, along / total))
+
+
+def ladder(base_type: str, configured: str) -> list[str]:
+    """Types to try for a trained version, in order: the configured one only, or (by default) the base's
+    type, then types fine enough to keep an update that the base's type rounds away."""
+    if configured:
+        return [configured.upper()]
+    return list(dict.fromkeys([base_type.upper(), "Q8_0", "F16"]))

@@ -38,11 +38,17 @@ def log_event(config: Config, event: dict[str, Any]) -> None:
 
 def last_run(config: Config) -> dict[str, Any] | None:
     """The last run: its start and end events merged; its outcome is "unfinished" if it never ended."""
+    runs = all_runs(config)
+    return runs[-1] if runs else None
+
+
+def all_runs(config: Config) -> list[dict[str, Any]]:
+    """Every run in the log, oldest first, each with its start and end events merged."""
     runs: dict[str, dict[str, Any]] = {}
     try:
         lines = runs_log(config).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        return None
+        return []
     for line in lines:
         try:
             event = json.loads(line)
@@ -54,7 +60,7 @@ def last_run(config: Config) -> dict[str, Any] | None:
         else:
             run["ended"] = event.get("time")
         run.update({k: v for k, v in event.items() if k not in ("event", "time")})
-    return list(runs.values())[-1] if runs else None
+    return list(runs.values())
 
 
 def report_dir(config: Config, run_id: str) -> Path:
@@ -85,6 +91,8 @@ def markdown(report: dict[str, Any], plots: list[str] = ()) -> str:
         f"- trained from: {report.get('parent', '?')} ({report.get('base', '?')})",
         f"- device: {report.get('device', '?')}",
     ]
+    if "update_kept" in report:
+        lines.append(f"- served as: {report['quant_type']} (keeps {report['update_kept']:.0%} of the update)")
     for reason in report.get("reasons", []):
         lines.append(f"- why: {reason}")
     rows = report.get("rows", {})

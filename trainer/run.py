@@ -46,6 +46,7 @@ KILL_ENV = "NIGHTJAR_FAULT_KILL_AT"
 STAGING = ".staging"
 LOCK_FILE = ".train.lock"
 LINEAGE, ADAPTER = "lineage", "adapter"
+MIN_KEPT = 0.5  # share of the trained update the served quantization must keep (see _quantize)
 EVAL_CACHE = ".eval-cache.json"  # scores of model files on holdouts (see evaluate.score_cached)
 log = logging.getLogger("nightjar.train")
 
@@ -446,14 +447,10 @@ def _run(config: Config, run_id: str, dry_run: bool, console) -> RunResult:
 
         # -- quantize --
         stages.start("quantize")
-        from trainer.quantize import quantize
-
         candidate = staging / registry.MODEL_FILE
-        if plan["quant_type"].upper() == cfg.export_type.upper():
-            os.replace(float_gguf, candidate)
-        else:
-            quantize(float_gguf, candidate, plan["quant_type"], threads=cfg.threads)
-            float_gguf.unlink()
+        plan["quant_type"], plan["update_kept"] = _quantize(
+            cfg, base_gguf, float_gguf, candidate, base_qtype(base_gguf), notes
+        )
 
         # -- eval --
         stages.start("eval")
@@ -510,6 +507,7 @@ def _run(config: Config, run_id: str, dry_run: bool, console) -> RunResult:
                     "source_sha256"
                 ],
                 "quant_type": plan["quant_type"],
+                "update_kept": plan["update_kept"],
             }
             version = registry.publish(config, staging, meta)
             record["version"] = version
@@ -522,6 +520,30 @@ def _run(config: Config, run_id: str, dry_run: bool, console) -> RunResult:
         report.write(config.models_dir / version, record)
     plan["stages"] = record["stages"]
     return RunResult(run_id, outcome, version, verdict.reasons, out, plan)
+
+
+def _quantize(cfg, base_gguf: Path, float_gguf: Path, candidate: Path, base_type: str, notes: list[str]):
+    """Quantize the float GGUF to the served type; returns (type, share of the update it kept).
+
+    By default the first type of `quantize.ladder` that keeps at least `MIN_KEPT` of the update serves: the
+    base's own type usually rounds a small update away (see `quantize.kept_fraction`)."""
+    from trainer.quantize import kept_fraction, ladder, quantize
+
+    kept, types = 1.0, ladder(base_type, cfg.quant_type)
+    for n, qtype in enumerate(types):
+        if qtype == cfg.export_type.upper():
+            shutil.copyfile(float_gguf, candidate)
+            kept = 1.0
+        else:
+            quantize(float_gguf, candidate, qtype, threads=cfg.threads)
+            kept = kept_fraction(base_gguf, float_gguf, candidate)
+        if kept >= MIN_KEPT or n == len(types) - 1:
+            break
+        notes.append(f"{qtype} kept {kept:.0%} of the update; quantizing to {types[n + 1]} instead")
+    if kept < MIN_KEPT:
+        notes.append(f"{qtype} keeps only {kept:.0%} of the update (train.quant_type)")
+    float_gguf.unlink()
+    return qtype, round(kept, 4)
 
 
 def _train_one(

@@ -46,16 +46,18 @@ def train(state: State, objective: str | None, dry_run: bool, show_report: bool,
 
     config = state.config
     if show_report:
-        last = report.last_run(config)
-        if last is None:
+        runs = report.all_runs(config)
+        if not runs:
             click.echo("no training run yet")
             return
-        path = report.report_dir(config, last["run"]) / report.REPORT_MD
-        if path.is_file():
-            click.echo(path.read_text(encoding="utf-8").rstrip())
-            click.echo(f"\n(report folder: {path.parent})")
-        else:
-            click.echo(f"last run {last['run']}: {last['outcome']}; {'; '.join(last.get('reasons', []))}")
+        # runs that trained have a report; later ones that did not (nothing to do, busy, killed) are listed
+        for run in reversed(runs):
+            path = report.report_dir(config, run["run"]) / report.REPORT_MD
+            if path.is_file():
+                click.echo(path.read_text(encoding="utf-8").rstrip())
+                click.echo(f"\n(report folder: {path.parent})")
+                break
+            click.echo(f"run {run['run']}: {run['outcome']}; {'; '.join(run.get('reasons', []))}")
         return
     result = run_training(
         config, objective=objective, dry_run=dry_run, scheduled=scheduled, console=Console(stderr=True)

@@ -22,6 +22,7 @@ from assistant.engine import GenParams, LlamaCppEngine, chat
 from assistant.errors import NightjarError
 from assistant.feedback import ReplayBuffer
 from assistant.feedback.keys import prompt_key, split_of
+from assistant.modelfile import read_info
 from tests.conftest import run_nightjar
 from trainer import report
 from trainer.run import STAGES
@@ -73,10 +74,9 @@ HELD_OUT_TOPICS = [
     "a kettle",
     "a harbor",
 ]
-# small, quick runs: the test is about the loop, not about the best hyperparameters
+# short runs at the default learning rate: enough to learn the preference, gently enough to pass the canaries
 ENV = {
-    "NIGHTJAR_TRAIN_MAX_STEPS": "6",
-    "NIGHTJAR_TRAIN_LEARNING_RATE": "0.002",
+    "NIGHTJAR_TRAIN_MAX_STEPS": "10",
     "NIGHTJAR_TRAIN_MAX_LENGTH": "128",
     "NIGHTJAR_TRAIN_EVAL_N_CTX": "512",
 }
@@ -188,7 +188,10 @@ def test_a_clean_run_publishes_a_model_that_learned_the_preference(published, ho
     assert (version / "adapter" / "0-dpo" / "adapter_model.safetensors").is_file()
     assert "v1 is now served" in (version / "report.md").read_text() and (version / "training.png").is_file()
     meta = json.loads((version / "version.json").read_text())
-    assert meta["objective"] == "dpo" and meta["parent"] == "base" and meta["quant_type"] == "Q4_1"
+    assert meta["objective"] == "dpo" and meta["parent"] == "base"
+    # Q4_1, the base's type, rounds this small update back onto the base's grid: it is served as Q8_0
+    assert meta["quant_type"] == read_info(version / "model.gguf").quantization == "Q8_0"
+    assert meta["update_kept"] > 0.9 and "Q4_1 kept" in (version / "report.md").read_text()
     assert meta["metrics"]["dpo_accuracy"] >= 0.5
 
     before, after = preferred_rate(model_path), preferred_rate(version / "model.gguf")
@@ -202,7 +205,8 @@ def test_a_clean_run_publishes_a_model_that_learned_the_preference(published, ho
     with ReplayBuffer(config) as buf:
         assert buf.rows("dpo", "train", only_unconsumed=True) == [], "the rows it trained on are consumed"
     assert "nothing to do" in run_nightjar("train", home=home, env=ENV).stdout
-    shown = run_nightjar("train", "--report", home=home)
+    shown = run_nightjar("train", "--report", home=home)  # the run that trained, after the one that did not
+    assert shown.stdout.startswith("run ") and "nothing to do" in shown.stdout.splitlines()[0]
     assert "v1 is now served" in shown.stdout and "preference accuracy" in shown.stdout
 
 
