@@ -155,10 +155,30 @@ def progress_callback(progress: Progress | None):
     return _Steps()
 
 
-def run_trainer(trainer, out: Path) -> list[dict[str, Any]]:
-    """Train, save the adapter to `out` and return the log history."""
+def fit(
+    trainer_cls,
+    model,
+    tokenizer,
+    rows: list[dict[str, Any]],
+    columns: tuple[str, ...],
+    args,
+    peft_config,
+    out: Path,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Train `model` with a TRL trainer on `rows` (their `columns`), save the adapter to `out` and return the
+    log history."""
+    from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
 
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list([{k: r[k] for k in columns} for r in rows]),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[progress_callback(progress)],
+    )
     trainer.remove_callback(PrinterCallback)  # the log goes to the report, not to stdout
     trainer.train()
     trainer.model.save_pretrained(out)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.config import TrainConfig
-from trainer.objectives import Plan, Progress, lora_config, progress_callback, run_trainer, trl_args
+from trainer.objectives import Plan, Progress, fit, lora_config, trl_args
 
 
 def train(
@@ -24,21 +24,12 @@ def train(
     al. 2024): plain DPO can meet its objective by making the rejected answers unlikely while the chosen
     ones stay unlikely too, and then nothing changes in what the model says.
     """
-    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
     # the likelihood term makes the preferred answers likely, not only likelier than the rejected ones
     losses = {"sigmoid": 1.0, "sft": cfg.sft_weight} if cfg.sft_weight > 0 else {"sigmoid": 1.0}
     args = DPOConfig(
         beta=cfg.beta, loss_type=list(losses), loss_weights=list(losses.values()), **trl_args(cfg, plan, out)
     )
-    trainer = DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=data,
-        processing_class=tokenizer,
-        peft_config=lora_config(cfg),
-        callbacks=[progress_callback(progress)],
-    )
-    return run_trainer(trainer, out)
+    columns = ("prompt", "chosen", "rejected")
+    return fit(DPOTrainer, model, tokenizer, rows, columns, args, lora_config(cfg), out, progress)

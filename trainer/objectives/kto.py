@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.config import TrainConfig
-from trainer.objectives import Plan, Progress, lora_config, progress_callback, run_trainer, trl_args
+from trainer.objectives import Plan, Progress, fit, lora_config, trl_args
 
 
 def train(
@@ -23,10 +23,8 @@ def train(
     The desirable and undesirable rows are weighted so that each side counts as much as the other, however
     unbalanced the thumbs are (KTO paper, section 4.2).
     """
-    from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
-    data = Dataset.from_list([{k: r[k] for k in ("prompt", "completion", "label")} for r in rows])
     n_up = sum(1 for r in rows if r["label"])
     n_down = len(rows) - n_up
     args = KTOConfig(
@@ -35,12 +33,5 @@ def train(
         undesirable_weight=(n_up / n_down) if n_up and n_down else 1.0,
         **trl_args(cfg, plan, out),
     )
-    trainer = KTOTrainer(
-        model=model,
-        args=args,
-        train_dataset=data,
-        processing_class=tokenizer,
-        peft_config=lora_config(cfg),
-        callbacks=[progress_callback(progress)],
-    )
-    return run_trainer(trainer, out)
+    columns = ("prompt", "completion", "label")
+    return fit(KTOTrainer, model, tokenizer, rows, columns, args, lora_config(cfg), out, progress)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.config import TrainConfig
-from trainer.objectives import Plan, Progress, lora_config, progress_callback, run_trainer, trl_args
+from trainer.objectives import Plan, Progress, fit, lora_config, trl_args
 from trainer.objectives.reward import Messages, rules
 
 Scorer = Callable[[Messages, Messages], float]
@@ -87,17 +87,8 @@ def train(
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Fine-tune a LoRA with TRL's SFTTrainer on the kept (prompt, completion) rows; adapter to `out`."""
-    from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     args = SFTConfig(completion_only_loss=True, **trl_args(cfg, plan, out))
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=data,
-        processing_class=tokenizer,
-        peft_config=lora_config(cfg),
-        callbacks=[progress_callback(progress)],
-    )
-    return run_trainer(trainer, out)
+    columns = ("prompt", "completion")
+    return fit(SFTTrainer, model, tokenizer, rows, columns, args, lora_config(cfg), out, progress)

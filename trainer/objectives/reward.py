@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.config import TrainConfig
-from trainer.objectives import Plan, Progress, lora_config, progress_callback, run_trainer, trl_args
+from trainer.objectives import Plan, Progress, fit, lora_config, trl_args
 
 Messages = list[dict[str, str]]
 _CITED = re.compile(r"\[(\d+)\]")
@@ -30,20 +30,12 @@ def train(
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Train a reward model (LoRA + scalar head on `master`) on pairs; the adapter and head go to `out`."""
-    from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
     args = RewardConfig(**trl_args(cfg, plan, out))
-    trainer = RewardTrainer(
-        model=_scorer_model(master, plan.cuda, tokenizer.pad_token_id),
-        args=args,
-        train_dataset=data,
-        processing_class=tokenizer,
-        peft_config=lora_config(cfg, "SEQ_CLS"),
-        callbacks=[progress_callback(progress)],
-    )
-    return run_trainer(trainer, out)
+    model = _scorer_model(master, plan.cuda, tokenizer.pad_token_id)
+    columns, lora = ("prompt", "chosen", "rejected"), lora_config(cfg, "SEQ_CLS")
+    return fit(RewardTrainer, model, tokenizer, rows, columns, args, lora, out, progress)
 
 
 def _scorer_model(master: Path, cuda: bool, pad_token_id: int):
