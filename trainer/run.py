@@ -531,8 +531,8 @@ def _quantize(cfg, base_gguf: Path, float_gguf: Path, candidate: Path, base_type
 
     kept, types = 1.0, ladder(base_type, cfg.quant_type)
     for n, qtype in enumerate(types):
-        if qtype == cfg.export_type.upper():
-            shutil.copyfile(float_gguf, candidate)
+        if qtype == cfg.export_type.upper():  # served unquantized: the float file itself, whole
+            os.replace(float_gguf, candidate)
             kept = 1.0
         else:
             quantize(float_gguf, candidate, qtype, threads=cfg.threads)
@@ -542,7 +542,7 @@ def _quantize(cfg, base_gguf: Path, float_gguf: Path, candidate: Path, base_type
         notes.append(f"{qtype} kept {kept:.0%} of the update; quantizing to {types[n + 1]} instead")
     if kept < MIN_KEPT:
         notes.append(f"{qtype} keeps only {kept:.0%} of the update (train.quant_type)")
-    float_gguf.unlink()
+    float_gguf.unlink(missing_ok=True)
     return qtype, round(kept, 4)
 
 
