@@ -90,10 +90,11 @@ class TrainConfig:
     )
     # optimisation
     learning_rate: float = 5e-4
-    epochs: int = 2
+    epochs: int = 1  # passes over the rows; every run also replays a sample of older rows
     max_steps: int = 0  # >0: stop after this many optimiser steps (caps a run's time)
-    batch_size: int = 4
-    grad_accum: int = 1
+    batch_size: int = 4  # examples per optimiser step
+    micro_batch_size: int = 0  # examples per forward pass; 0: the fewest the objective allows on the CPU
+    # (padding a batch to its longest row costs more there than batching gains), batch_size on a GPU
     max_length: int = 512  # tokens of prompt + answer; longer rows keep their end
     beta: float = 0.1  # DPO / KTO strength of the pull away from the current model
     sft_weight: float = 1.0  # DPO: weight of a likelihood loss on the chosen answers (RPO); 0: plain DPO
@@ -148,12 +149,13 @@ class TrainConfig:
             "lora_alpha",
             "epochs",
             "batch_size",
-            "grad_accum",
             "raft_k",
             "raft_prompts",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"train.{name} must be at least 1")
+        if self.micro_batch_size < 0:
+            problems.append("train.micro_batch_size must be 0 (automatic) or more")
         if self.sft_weight < 0:
             problems.append("train.sft_weight must be 0 or more")
         if not 0 <= self.replay_fraction <= 10:

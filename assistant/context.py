@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from assistant.engine import Engine, Message
@@ -24,16 +25,20 @@ class Fitted:
 
 
 def fit_messages(engine: Engine, messages: list[Message], reserve: int) -> Fitted:
-    """Drop the oldest non-system messages until the prompt plus `reserve` new tokens fits `engine.n_ctx`.
+    """Fit `messages` into `engine.n_ctx` less `reserve` tokens for the answer (see `fit`)."""
+    return fit(messages, engine.n_ctx - reserve, lambda m: engine.count_tokens(engine.render(m)))
+
+
+def fit(messages: list[Message], budget: int, count: Callable[[list[Message]], int]) -> Fitted:
+    """Drop the oldest non-system messages until `count(messages)`, their rendered tokens, is within `budget`.
 
     System messages and the newest message are always kept; if the newest alone is still too long, its
     beginning is cut (the end of a message usually holds the question).
     """
-    budget = engine.n_ctx - reserve
     system = [m for m in messages if m["role"] == "system"]
     rest = [m for m in messages if m["role"] != "system"]
     dropped = 0
-    while len(rest) > 1 and engine.count_tokens(engine.render(system + rest)) > budget:
+    while len(rest) > 1 and count(system + rest) > budget:
         rest.pop(0)
         dropped += 1
         # never start the kept history with an assistant reply
@@ -41,13 +46,12 @@ def fit_messages(engine: Engine, messages: list[Message], reserve: int) -> Fitte
             rest.pop(0)
             dropped += 1
     fitted = Fitted(system + rest, dropped)
-    if engine.count_tokens(engine.render(fitted.messages)) > budget and rest:
+    if count(fitted.messages) > budget and rest:
         last = rest[-1]
         text = last["content"]
 
         def fits(cut: int) -> bool:
-            trial = system + rest[:-1] + [{**last, "content": text[cut:]}]
-            return engine.count_tokens(engine.render(trial)) <= budget
+            return count(system + rest[:-1] + [{**last, "content": text[cut:]}]) <= budget
 
         # binary search for the smallest cut from the start that fits
         lo, hi = 0, len(text)

@@ -24,6 +24,7 @@ HH = (
     Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh-rlhf-harmless-test" / "test.jsonl"
 )
 TARGET_S = 15 * 60
+OUT = Path(__file__).resolve().parent / "out" / "train_bench"
 
 
 def run_size(pairs: int, overrides: dict[str, str], master_cache: Path) -> dict:
@@ -47,6 +48,9 @@ def run_size(pairs: int, overrides: dict[str, str], master_cache: Path) -> dict:
         if not master_cache.exists():
             shutil.copytree(config.models_dir / "masters", master_cache)
         record = json.loads((result.report_dir / "report.json").read_text())
+        kept = OUT / f"{pairs}-pairs"  # the run's report and plots, kept beside the printed figures
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(result.report_dir, kept)
         steps = [h for h in record["training"].get("dpo", []) if "loss" in h]
         return {
             "pairs": imported.added,
@@ -97,6 +101,8 @@ def baseline_tokens_per_s(master: Path, seq_len: int, batch: int = 4, rounds: in
 
 
 def main() -> None:
+    from assistant.config import TrainConfig
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -133,8 +139,9 @@ def main() -> None:
         full_steps = None
         if args.max_steps and r["steps"]:
             rows = r["rows"]["dpo"]["new"] + r["rows"]["dpo"]["replay"]
-            batch = int(overrides.get("train.batch_size", 4))
-            epochs = int(overrides.get("train.epochs", 2))
+            defaults = TrainConfig()
+            batch = int(overrides.get("train.batch_size", defaults.batch_size))
+            epochs = int(overrides.get("train.epochs", defaults.epochs))
             full_steps = -(-rows // batch) * epochs
             trained_tokens = r["tokens"] * r["steps"] / full_steps
         else:
@@ -145,7 +152,7 @@ def main() -> None:
         for name, s in st.items():
             print(f"{name:<10}{s['seconds']:>10.1f}{s['peak_rss_mib']:>14.0f}")
         total = r["total_s"]
-        if full_steps:
+        if full_steps and full_steps > r["steps"]:
             extra = train_s * (full_steps / r["steps"] - 1)
             print(
                 f"training ran {r['steps']} of {full_steps} steps: a full run adds ~{extra:.0f} s of training"

@@ -38,6 +38,26 @@ def test_the_model_is_scored_on_what_it_gets_wrong(scorer: ModelScorer):
     assert scorer({"prompt": too_long, "completion": RIGHT}) == 0.5
 
 
+def test_a_shared_prompt_is_evaluated_once_and_scores_as_if_alone(model_path: Path, scorer: ModelScorer):
+    other = [{"role": "assistant", "content": "Paris is the capital of France."}]
+    alone = ModelScorer(model_path, n_ctx=512)._mean_logprob(
+        scorer.engine.render(PROMPT), scorer.engine.render(PROMPT + other, add_generation_prompt=False)
+    )
+    scorer.mean_logprob(PROMPT, RIGHT)
+    evaluated = []
+    original = scorer.llm.eval
+    scorer.llm.eval = lambda ids: (evaluated.append(len(ids)), original(ids))
+    try:
+        after_sibling = scorer.mean_logprob(PROMPT, other)
+    finally:
+        scorer.llm.eval = original
+    tokens = scorer.engine.tokenize
+    full = scorer.engine.render(PROMPT + other, add_generation_prompt=False)
+    reply_tokens = len(tokens(full)) - len(tokens(scorer.engine.render(PROMPT)))
+    assert evaluated and evaluated[0] <= reply_tokens + 2  # only the reply's tokens, not the prompt's
+    assert after_sibling == pytest.approx(alone, abs=1e-3)
+
+
 def test_sampling_prefers_rows_the_model_gets_wrong(config: Config, scorer: ModelScorer):
     config.feedback.holdout_fraction = 0.0
     with ReplayBuffer(config) as buf:

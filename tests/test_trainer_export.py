@@ -191,7 +191,7 @@ def test_an_update_the_base_type_rounds_away_is_served_in_a_finer_type(master, m
     from transformers import AutoModelForCausalLM
 
     from assistant.config import TrainConfig
-    from trainer.quantize import kept_fraction
+    from trainer.quantize import update_kept
     from trainer.run import _quantize
 
     torch.manual_seed(0)
@@ -214,4 +214,90 @@ def test_an_update_the_base_type_rounds_away_is_served_in_a_finer_type(master, m
     forced, notes = tmp_path / "forced.gguf", []
     qtype, kept = _quantize(TrainConfig(quant_type="q4_1"), model_path, f32, forced, "Q4_1", notes)
     assert qtype == "Q4_1" and kept < 0.2 and "keeps only" in notes[0], (qtype, kept, notes)
-    assert kept_fraction(model_path, model_path, model_path) == 1.0  # no change: nothing to lose
+    assert update_kept(model_path, model_path)(model_path) == 1.0  # no change: nothing to lose
+
+
+def test_a_prompt_too_long_for_training_is_shortened_not_dropped(master: Path, tmp_path: Path):
+    """A question with its retrieved sources easily fills max_length; TRL would drop such a pair."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from assistant.config import TrainConfig
+    from trainer.objectives import device_plan, fit_rows, load_float, lora_config, tokenizer, trl_args
+
+    tok = tokenizer(master)
+    sources = "\n".join(f"[{i}] notes.md: {TEXT[:300]}" for i in range(1, 5))
+    question = "Which city is the capital of France?"
+    long_row = {
+        "prompt": [
+            {"role": "system", "content": "Answer from the sources."},
+            {"role": "user", "content": "An earlier question about gardening and compost. " * 10},
+            {"role": "assistant", "content": "An earlier answer about tomatoes. " * 10},
+            {"role": "user", "content": f"Sources:\n{sources}\n\nQuestion: {question}"},
+        ],
+        "chosen": [{"role": "assistant", "content": "Paris [1]."}],
+        "rejected": [{"role": "assistant", "content": "I do not know. " * 6}],
+    }
+    short_row = {
+        "prompt": [{"role": "user", "content": question}],
+        **{k: long_row[k] for k in ("chosen", "rejected")},
+    }
+    cfg = TrainConfig(max_length=256)
+
+    def tokens(messages, generation_prompt=True) -> int:
+        ids = tok.apply_chat_template(
+            messages, add_generation_prompt=generation_prompt, tokenize=True, return_dict=True
+        )["input_ids"]
+        return len(ids)
+
+    assert tokens(long_row["prompt"]) > cfg.max_length
+    fitted, same = fit_rows([long_row, short_row], tok, cfg.max_length)
+    assert same == short_row and fitted["chosen"] == long_row["chosen"]
+    prompt = fitted["prompt"]
+    assert prompt[0] == long_row["prompt"][0] and prompt[-1]["content"].endswith(question)
+    assert len(prompt) == 2  # the earlier turns went first, then the start of the sources
+    longest = max(tokens(prompt + fitted[k], False) for k in ("chosen", "rejected"))
+    assert longest <= cfg.max_length and tokens(prompt) < cfg.max_length
+
+    def kept(rows) -> int:
+        args = DPOConfig(**trl_args(cfg, device_plan(cuda=False), tmp_path))
+        dataset = Dataset.from_list(rows)
+        trainer = DPOTrainer(
+            model=load_float(master, []),
+            args=args,
+            train_dataset=dataset,
+            processing_class=tok,
+            peft_config=lora_config(cfg),
+        )
+        return len(trainer.train_dataset)
+
+    assert kept([long_row]) == 0 and kept([fitted]) == 1
+
+
+def test_the_fused_head_scores_only_the_answer_positions_on_the_cpu(master: Path, monkeypatch):
+    import torch
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+
+    from trainer.objectives import _score_answer_positions_only
+
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # undone after the test
+    model = AutoModelForCausalLM.from_pretrained(master, dtype=torch.float32)
+    trl_utils.add_fused_lm_head(model)
+    ids = torch.tensor([list(range(100, 140))])
+    labels = ids.clone()
+    labels[:, :30] = -100  # the prompt: the ten answer tokens are the positions to score
+    projected = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+
+    def counting(hidden, *rest):
+        projected.append(hidden.shape[0])
+        return apply(hidden, *rest)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counting)
+    with torch.no_grad():
+        every = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+        _score_answer_positions_only()
+        answers = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+    assert projected == [39, 10]  # every position, then the answer's only
+    assert torch.allclose(every, answers, atol=1e-5) and (answers[:, 29:] != 0).all()

@@ -16,7 +16,7 @@ from tests.conftest import run_nightjar
 from tests.test_cli import assert_one_line_error
 from trainer import data, report
 from trainer.evaluate import ModelScores, decide
-from trainer.objectives import device_plan
+from trainer.objectives import device_plan, trl_args
 from trainer.objectives.raft import best
 from trainer.objectives.reward import rules
 from trainer.run import busy_reason, run_lock
@@ -153,6 +153,22 @@ def test_device_plan_selection():
     assert not plain.quantize_4bit and plain.cuda
     here = device_plan()  # this machine has no GPU
     assert not here.cuda and not here.quantize_4bit
+
+
+def test_one_example_per_forward_pass_on_the_cpu_and_whole_batches_on_a_gpu(tmp_path: Path):
+    cpu, gpu = device_plan(cuda=False), device_plan(cuda=True, bitsandbytes=False)
+
+    def split(plan, least=1, **train) -> tuple[int, int]:
+        args = trl_args(config_mod.TrainConfig(**train), plan, tmp_path, least)
+        return args["per_device_train_batch_size"], args["gradient_accumulation_steps"]
+
+    assert split(cpu) == (1, 4)  # padding four rows to the longest costs more than batching gains
+    assert split(cpu, least=2) == (2, 2)  # KTO estimates its KL term across a batch
+    assert split(gpu) == (4, 1)
+    assert split(cpu, micro_batch_size=2, batch_size=8) == (2, 4)
+    assert split(cpu, micro_batch_size=16) == (4, 1)  # never more than a step's examples
+    problems = config_mod.TrainConfig(micro_batch_size=-1).check()
+    assert problems == ["train.micro_batch_size must be 0 (automatic) or more"]
 
 
 # ---- the gate's rule ----

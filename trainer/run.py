@@ -526,17 +526,18 @@ def _quantize(cfg, base_gguf: Path, float_gguf: Path, candidate: Path, base_type
     """Quantize the float GGUF to the served type; returns (type, share of the update it kept).
 
     By default the first type of `quantize.ladder` that keeps at least `MIN_KEPT` of the update serves: the
-    base's own type usually rounds a small update away (see `quantize.kept_fraction`)."""
-    from trainer.quantize import kept_fraction, ladder, quantize
+    base's own type usually rounds a small update away (see `quantize.update_kept`)."""
+    from trainer.quantize import ladder, quantize, update_kept
 
-    kept, types = 1.0, ladder(base_type, cfg.quant_type)
+    kept, types, measure = 1.0, ladder(base_type, cfg.quant_type), None
     for n, qtype in enumerate(types):
         if qtype == cfg.export_type.upper():  # served unquantized: the float file itself, whole
             os.replace(float_gguf, candidate)
             kept = 1.0
         else:
             quantize(float_gguf, candidate, qtype, threads=cfg.threads)
-            kept = kept_fraction(base_gguf, float_gguf, candidate)
+            measure = measure or update_kept(base_gguf, float_gguf)
+            kept = measure(candidate)
         if kept >= MIN_KEPT or n == len(types) - 1:
             break
         notes.append(f"{qtype} kept {kept:.0%} of the update; quantizing to {types[n + 1]} instead")

@@ -58,12 +58,19 @@ class ModelScorer:
         )
         if len(full_ids) > self.llm.n_ctx() or start == len(full_ids) or start == 0:
             return None
-        self.llm.reset()
-        self.llm.eval(full_ids)
+        self._eval(full_ids)
         logits = np.asarray(self.llm.scores[start - 1 : len(full_ids) - 1], dtype=np.float64)
         top = logits.max(axis=1, keepdims=True)
         logprobs = logits - (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))
         return float(logprobs[np.arange(len(logprobs)), full_ids[start:]].mean())
+
+    def _eval(self, ids: list[int]) -> None:
+        """Evaluate `ids`, keeping what the context already holds of them: the two replies of a pair share
+        their prompt, which is then evaluated once (its logits stay in `scores`)."""
+        held = self.llm.input_ids[: self.llm.n_tokens]
+        same = next((n for n, (a, b) in enumerate(zip(held, ids, strict=False)) if a != b), len(held))
+        self.llm.n_tokens = min(same, len(ids) - 1)  # eval() drops the cache past n_tokens
+        self.llm.eval(ids[self.llm.n_tokens :])
 
     def __call__(self, row: dict[str, Any]) -> float:
         if "chosen" in row:

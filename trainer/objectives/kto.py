@@ -31,7 +31,7 @@ def train(
         beta=cfg.beta,
         desirable_weight=1.0,
         undesirable_weight=(n_up / n_down) if n_up and n_down else 1.0,
-        **trl_args(cfg, plan, out),
+        **trl_args(cfg, plan, out, least=2),
     )
     columns = ("prompt", "completion", "label")
     return fit(KTOTrainer, model, tokenizer, rows, columns, args, lora_config(cfg), out, progress)
