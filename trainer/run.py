@@ -298,7 +298,7 @@ def train(
                 ) from exc
             if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
                 raise NightjarError(
-                    "out of memory: nothing was published; lower train.batch_size or train.max_length"
+                    "out of memory: nothing was published; lower train.max_length or train.micro_batch_size"
                 ) from exc
             raise
         finally:

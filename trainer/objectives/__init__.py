@@ -198,9 +198,9 @@ def fit(
 
 
 def fit_rows(rows: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
-    """Rows whose prompt and longest answer exceed `max_length` tokens, with the prompt shortened as serving
-    shortens a conversation (oldest turns first, then the start of the last message), so that the answer
-    keeps at least half the room. TRL would otherwise drop a row whose prompt fills `max_length` (a question
+    """`rows`, where a prompt and its longest answer exceed `max_length` tokens with the prompt shortened as
+    serving shortens a conversation (oldest turns first, then the start of the last message), leaving the
+    answer at least half the room. TRL would otherwise drop a row whose prompt fills `max_length` (a question
     with its retrieved sources easily does) and keep only the start of the rest."""
     from assistant.context import fit
 
