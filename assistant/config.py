@@ -95,7 +95,7 @@ class TrainConfig:
     batch_size: int = 4  # examples per optimiser step
     micro_batch_size: int = 0  # examples per forward pass; 0: the fewest the objective allows on the CPU
     # (padding a batch to its longest row costs more there than batching gains), batch_size on a GPU
-    max_length: int = 512  # tokens of prompt + answer; longer rows keep their end
+    max_length: int = 512  # tokens of prompt + answer; a longer prompt loses its oldest part
     beta: float = 0.1  # DPO / KTO strength of the pull away from the current model
     sft_weight: float = 1.0  # DPO: weight of a likelihood loss on the chosen answers (RPO); 0: plain DPO
     seed: int = 0
