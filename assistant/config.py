@@ -16,11 +16,16 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from assistant.errors import ConfigError
 from retrieval.config import RetrievalConfig
 
 STRATEGIES = ("direct", "cot", "self-consistency", "tot", "react", "auto")
+
+
+MODEL_BACKENDS = ("llamacpp", "openai")
+MODEL_CONSTRAINTS = ("auto", "llamacpp", "vllm", "none")
 
 
 @dataclass
@@ -30,6 +35,41 @@ class ModelConfig:
     n_threads: int = 0  # 0: one per available core
     n_gpu_layers: int = 0
     system_prompt: str = "Answer the user's question concisely and accurately."
+    # where the model runs: llamacpp (in-process, the default) or openai (an OpenAI-compatible server at
+    # `url`; prompts are still rendered and counted with the GGUF above, which training also starts from)
+    backend: str = "llamacpp"
+    url: str = ""  # backend openai: the server's API root, e.g. http://127.0.0.1:8080/v1
+    model: str = ""  # backend openai: the server's model name; empty: the one model it serves
+    api_key: str = field(default="", metadata={"secret": True})  # or NIGHTJAR_MODEL_API_KEY
+    constraints: str = "auto"  # backend openai: how JSON-schema/grammar steps are sent (auto, llamacpp,
+    # vllm, none); auto asks the server what it is
+
+    def check(self) -> list[str]:
+        """Problems with the values, one line each."""
+        problems = []
+        if self.backend not in MODEL_BACKENDS:
+            problems.append(f"model.backend '{self.backend}': use {' or '.join(MODEL_BACKENDS)}")
+        if self.constraints not in MODEL_CONSTRAINTS:
+            problems.append(f"model.constraints '{self.constraints}': use {', '.join(MODEL_CONSTRAINTS)}")
+        if self.backend == "openai":
+            parts = urlsplit(self.url.strip())
+            if not self.url.strip():
+                problems.append(
+                    'model.backend is "openai" but model.url is empty: set it to the server\'s API root, '
+                    "e.g. http://127.0.0.1:8080/v1"
+                )
+            elif parts.scheme not in ("http", "https") or not parts.hostname:
+                problems.append(
+                    f"model.url '{self.url}' is not an http(s) URL: use e.g. http://127.0.0.1:8080/v1"
+                )
+        elif self.backend == "llamacpp" and self.url.strip():
+            problems.append(
+                f'model.url is set ({self.url}) but model.backend is "llamacpp" (in-process): '
+                'set model.backend = "openai" to use that server, or clear model.url'
+            )
+        if self.api_key != self.api_key.strip():
+            problems.append("model.api_key must not start or end with spaces")
+        return problems
 
 
 @dataclass
@@ -165,6 +205,25 @@ class TrainConfig:
         return problems
 
 
+# ---- [server]: `nightjar serve`, the OpenAI-compatible HTTP server ----
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"  # 127.0.0.1: this machine only; another address (0.0.0.0: all) needs a token
+    port: int = 8411
+    token: str = ""  # clients must send `Authorization: Bearer TOKEN`; empty: none (loopback only)
+
+    def check(self) -> list[str]:
+        """Problems with the values, one line each."""
+        problems = []
+        if not self.host.strip():
+            problems.append("server.host is empty: use 127.0.0.1 (this machine only) or an address")
+        if not 0 <= self.port <= 65535:
+            problems.append(f"server.port must be between 0 (any free port) and 65535, got {self.port}")
+        if self.token != self.token.strip():
+            problems.append("server.token must not start or end with spaces")
+        return problems
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -174,6 +233,7 @@ class Config:
     reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     # where things live; set by load(), not by the file
     home: Path = field(default=Path("."), metadata={"internal": True})
     config_file: Path = field(default=Path("config.toml"), metadata={"internal": True})
@@ -316,6 +376,9 @@ def load(
     if not 0 <= config.feedback.holdout_fraction < 1:
         fraction = config.feedback.holdout_fraction
         raise ConfigError(f"feedback.holdout_fraction must be at least 0 and below 1, got {fraction}")
+    problems = config.model.check() + config.server.check()
+    if problems:
+        raise ConfigError("; ".join(problems))
     return config
 
 
@@ -326,6 +389,9 @@ def to_toml(config: Config) -> str:
         lines.append(f"[{name}]")
         for f in dataclasses.fields(getattr(config, name)):
             value = getattr(getattr(config, name), f.name)
+            if f.metadata.get("secret") and value:  # a key is never printed
+                lines.append(f'{f.name} = "***"  # set (hidden)')
+                continue
             lines.append(f"{f.name} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)

@@ -7,7 +7,6 @@ OpenAI-compatible server implements the same few methods.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from assistant import llamacpp
 from assistant.errors import ModelFileError
 from assistant.modelfile import check_gguf
 
@@ -112,13 +112,6 @@ class Engine(Protocol):
         """Stream a completion of `prompt`, optionally constrained by a GBNF grammar or a JSON schema."""
 
 
-def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 class LlamaCppEngine:
     """A GGUF served in-process by llama-cpp-python; the chat template comes from the GGUF's metadata."""
 
@@ -131,20 +124,10 @@ class LlamaCppEngine:
         n_gpu_layers: int = 0,
         name: str | None = None,
     ) -> None:
-        from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         path = check_gguf(model_path)
-        try:
-            self.llm = Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_threads=n_threads or default_threads(),
-                n_gpu_layers=n_gpu_layers,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError) as exc:
-            raise ModelFileError(f"llama.cpp could not load {path}: corrupt or unsupported GGUF") from exc
+        self.llm = llamacpp.load(path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
         self.path = path
         self.name = name or path.stem
         self.n_ctx = self.llm.n_ctx()

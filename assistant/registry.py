@@ -190,26 +190,34 @@ def use(config: Config, name: str) -> None:
 
 def rollback(config: Config) -> str:
     """Serve again the version served before the current one; returns its name."""
-    current = current_version(config)
-    history = _history(config)
-    while history and (history[-1] == current or not _exists(config, history[-1])):
-        history.pop()
+    history = _rollback_history(config)
     if not history:
-        if current == BASE:
-            raise NightjarError("nothing to roll back to: the base model is served")
-        history = [BASE]
+        raise NightjarError("nothing to roll back to: the base model is served")
     _switch(config, history[-1], history)
     return history[-1]
 
 
+def _rollback_history(config: Config) -> list[str]:
+    """The serving history as a rollback leaves it: its last entry is the version it serves ([] if none)."""
+    current = current_version(config)
+    history = _history(config)
+    while history and (history[-1] == current or not _exists(config, history[-1])):
+        history.pop()
+    if not history and current != BASE:
+        history = [BASE]
+    return history
+
+
 def gc(config: Config, keep: int) -> list[str]:
-    """Delete all but the `keep` newest versions; the served version and the base are always kept."""
+    """Delete all but the `keep` newest versions; the served version, the one a rollback would serve and
+    the base are always kept."""
     if keep < 0:
         raise NightjarError("--keep must be 0 or more")
     root = config.models_dir
     numbered = [path for _, path in _numbered(config)]
-    keep_names = {path.name for path in numbered[len(numbered) - keep :]} if keep else set()
+    keep_names = {path.name for path in numbered[max(0, len(numbered) - keep) :]} if keep else set()
     keep_names.add(current_version(config))
+    keep_names.update(_rollback_history(config)[-1:])  # what `models rollback` would serve stays too
     removed = []
     for path in numbered:
         if path.name in keep_names:

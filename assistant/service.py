@@ -9,16 +9,24 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from assistant import registry, runs, schedule
 from assistant.config import Config
 from assistant.context import fit_messages
 from assistant.engine import Engine, GenParams, LlamaCppEngine, Message
 from assistant.errors import NightjarError
 from assistant.feedback import ConversationSummary, FeedbackStore, Interaction
-from assistant.grounding import DONT_KNOW, DocumentAccess, ground, strip_citations
+from assistant.grounding import DONT_KNOW, DocumentAccess, ground, strip_citations, user_errors
 from assistant.reasoning import Outcome, Task, cites_own_sources, run_strategy
-from assistant.registry import served_model
+from assistant.registry import Version, served_model
+from assistant.sources import Source
+
+if TYPE_CHECKING:
+    from retrieval.catalog import Doc
+    from retrieval.indexer import Progress
+    from retrieval.indexer import Report as IndexReport
+    from retrieval.search import Hit
 
 
 @dataclass
@@ -34,7 +42,7 @@ class Answer:
     params: dict[str, Any]
     conversation_id: str
     history: list[Message] = field(default_factory=list)
-    sources: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
     trace: list[dict[str, Any]] = field(default_factory=list)
     reasoning: str = ""
     notices: list[str] = field(default_factory=list)
@@ -55,9 +63,26 @@ class Assistant:
         """`record=False` answers without recording interactions (evaluations and benchmarks, not a user)."""
         self.config = config
         self.record = record
-        self.model_version, self.model_path = served_model(config)
         if engine is not None:
             self.__dict__["engine"] = engine
+        self._served: tuple[str, Path] | NightjarError
+        try:
+            self._served = served_model(config)
+        except NightjarError as exc:  # a missing model: said when one is needed (indexing needs none)
+            self._served = exc
+
+    @property
+    def model_version(self) -> str:
+        return self._serving()[0]
+
+    @property
+    def model_path(self) -> Path:
+        return self._serving()[1]
+
+    def _serving(self) -> tuple[str, Path]:
+        if isinstance(self._served, NightjarError):
+            raise self._served
+        return self._served
 
     @cached_property
     def engine(self) -> Engine:
@@ -88,7 +113,7 @@ class Assistant:
         if (version, Path(path)) == (self.model_version, Path(self.model_path)):
             return False
         self.__dict__.pop("engine", None)
-        self.model_version, self.model_path = version, path
+        self._served = version, path
         return True
 
     def params(self, **overrides: Any) -> GenParams:
@@ -111,12 +136,16 @@ class Assistant:
         on_token: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
         alternative_of: str | None = None,
+        interaction_id: str | None = None,
     ) -> Answer:
         """Answer `question` after `history`, streaming pieces of the final answer to `on_token`.
 
-        The answered turn is recorded (`answer.interaction_id`); with `alternative_of`, as another response
-        to that interaction's turn.
+        The answered turn is recorded (`answer.interaction_id`, or the `interaction_id` given: from
+        `feedback.store.new_id()`, for a face that names the answer before it exists); with `alternative_of`,
+        as another response to that interaction's turn.
         """
+        if not question.strip():
+            raise NightjarError('the question is empty: ask something, e.g. "What do my notes say about X?"')
         start = time.perf_counter()
         params = params or self.params()
         strategy = strategy or self.config.ask.strategy
@@ -193,7 +222,9 @@ class Assistant:
         if self.record:
             store = self.feedback_store
             asked = {**answer.to_dict(), "retrieval": use_retrieval}  # so a regeneration asks the same way
-            answer.interaction_id = store.record(asked, alternative_of=alternative_of)
+            answer.interaction_id = store.record(
+                asked, alternative_of=alternative_of, interaction_id=interaction_id
+            )
         return answer
 
     # ---- feedback: interaction ids may be a unique prefix, or None for the latest ----
@@ -272,3 +303,49 @@ class Assistant:
     def conversation(self, conversation_id: str) -> list[Interaction]:
         """A conversation's turns in order (the chosen or latest response of each)."""
         return self.feedback_store.conversation(conversation_id)
+
+    # ---- documents ----
+    def index(self, paths: list[Path], progress: Progress | None = None) -> IndexReport:
+        """Index files and folders (new and changed files only); what was skipped is in the report."""
+        from retrieval.indexer import update
+
+        with user_errors():
+            return update(self.documents.index, [Path(p) for p in paths], progress=progress)
+
+    def forget(self, paths: list[Path]) -> list[str]:
+        """Take files, or everything indexed under folders, out of the index; the paths forgotten."""
+        with user_errors():
+            return self.documents.index.forget([Path(p) for p in paths])
+
+    def sources(self) -> list[Doc]:
+        """The indexed documents, with their chunk counts and when each was indexed."""
+        with user_errors():
+            return self.documents.index.sources()
+
+    def search(self, query: str, k: int = 5) -> list[Hit]:
+        """The k best chunks for `query`, each with its scores at every stage."""
+        return self.documents.hits(query, k)
+
+    # ---- model versions ----
+    def versions(self) -> list[Version]:
+        return registry.versions(self.config)
+
+    def use_version(self, name: str) -> None:
+        """Serve version `name` from now on (this assistant reloads it)."""
+        registry.use(self.config, name)
+        self.reload()
+
+    def rollback(self) -> str:
+        """Serve the version before the served one; returns its name."""
+        name = registry.rollback(self.config)
+        self.reload()
+        return name
+
+    # ---- nightly training ----
+    def training_status(self) -> schedule.Status:
+        """The nightly schedule and the last run (slow: it asks systemd or cron)."""
+        return schedule.status(self.config)
+
+    def training_runs(self) -> list[runs.RunReport]:
+        """Every training run that wrote a report, newest first."""
+        return runs.reports(self.config)

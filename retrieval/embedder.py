@@ -1,8 +1,15 @@
-"""Embedders: text -> L2-normalized vectors, behind one small interface (sentence-transformers today).
+"""Embedders: text -> L2-normalized vectors, behind one small interface; `embedder_for` picks one.
 
 Nothing is downloaded: a model is a local folder, or a hub id already in the local Hugging Face cache.
 The tokenizer is loaded on its own (from tokenizer.json, instantly) so chunking and token counting do not
 wait for torch.
+
+A sentence-transformers folder whose pipeline is the common one (a transformer, mean or CLS pooling, an
+optional normalization: all-MiniLM-L6-v2 and most others) runs on plain `transformers`: importing the
+`sentence_transformers` package also imports its training stack (transformers' Trainer, peft, bitsandbytes),
+seconds of start-up and library warnings that a search or an answer has no use for. Any other pipeline
+(Dense layers, other poolings, a hub id) goes through `sentence_transformers` itself. Both give the same
+vectors, so an index built with one is searched with the other.
 """
 
 from __future__ import annotations
@@ -132,3 +139,100 @@ class SentenceTransformerEmbedder:
             return self.embed([text])[0]
         finally:
             torch.set_num_threads(threads)
+
+
+def plain_pooling(folder: Path | None) -> str | None:
+    """'mean' or 'cls' when `folder` is a sentence-transformers model made of a transformer, that pooling
+    and at most a normalization; None for any other pipeline."""
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8")) if folder else None
+        kinds = [m["type"].rsplit(".", 1)[-1] for m in modules or []]
+        if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+            return None
+        if modules[0].get("path", "") not in ("", "."):
+            return None
+        pooling = json.loads((folder / modules[1]["path"] / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    modes = {
+        k.removeprefix("pooling_mode_").removesuffix("_token").removesuffix("_tokens")
+        for k, on in pooling.items()
+        if k.startswith("pooling_mode_") and on
+    }
+    return modes.pop() if modes in ({"mean"}, {"cls"}) else None
+
+
+class TransformerEmbedder(SentenceTransformerEmbedder):
+    """A plain sentence-transformers pipeline (see `plain_pooling`) run on `transformers` alone."""
+
+    def __init__(self, folder: Path, pooling: str, batch_size: int = 32) -> None:
+        super().__init__(str(folder), batch_size)
+        self.pooling = pooling
+
+    @cached_property
+    def model(self):
+        offline()
+        from transformers import AutoModel
+
+        quiet_transformers()
+        try:
+            model = AutoModel.from_pretrained(str(self.local_dir), local_files_only=True)
+        except Exception as exc:  # a missing or broken model surfaces as many exception types
+            raise RetrievalError(
+                f"cannot load the embedder '{self.name}' ({type(exc).__name__}); set retrieval.embedder to "
+                "a local sentence-transformers folder"
+            ) from exc
+        return model.eval()
+
+    @cached_property
+    def encoder(self):
+        """The tokenizer as the model reads text: special tokens added, cut at its length, padded."""
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_str(self.tokenizer.to_str())
+        tok.enable_truncation(self.max_tokens + 2)
+        tok.enable_padding(pad_id=tok.token_to_id("[PAD]") or 0)
+        return tok
+
+    @cached_property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @cached_property
+    def _takes_token_types(self) -> bool:
+        import inspect
+
+        return "token_type_ids" in inspect.signature(self.model.forward).parameters
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # like lengths share a batch
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            encodings = self.encoder.encode_batch([texts[i] for i in batch])
+            ids = torch.tensor([e.ids for e in encodings])
+            mask = torch.tensor([e.attention_mask for e in encodings])
+            inputs = {"input_ids": ids, "attention_mask": mask}
+            if self._takes_token_types:
+                inputs["token_type_ids"] = torch.tensor([e.type_ids for e in encodings])
+            with torch.inference_mode():
+                hidden = self.model(**inputs).last_hidden_state
+            if self.pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                weights = mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+            out[batch] = pooled.float().numpy()
+        return out
+
+
+def embedder_for(path_or_id: str, batch_size: int = 32) -> SentenceTransformerEmbedder:
+    """The embedder for a model folder or cached hub id: `transformers` alone where the pipeline allows."""
+    local = Path(path_or_id).expanduser() if path_or_id else None
+    pooling = plain_pooling(local.resolve()) if local and local.is_dir() else None
+    if pooling is not None:
+        return TransformerEmbedder(local.resolve(), pooling, batch_size)
+    return SentenceTransformerEmbedder(path_or_id, batch_size)

@@ -29,7 +29,7 @@ import numpy as np
 from retrieval.bm25 import BM25Index
 from retrieval.catalog import Catalog, Doc
 from retrieval.config import BM25_BACKENDS, VECTOR_INDEXES, RetrievalConfig
-from retrieval.embedder import Embedder, SentenceTransformerEmbedder
+from retrieval.embedder import Embedder, embedder_for
 from retrieval.errors import RetrievalError
 from retrieval.vectors import FaissStore, choose_kind
 
@@ -90,7 +90,7 @@ class Index:
 
     @cached_property
     def embedder(self) -> Embedder:
-        return self._embedder or SentenceTransformerEmbedder(self.config.embedder_path())
+        return self._embedder or embedder_for(self.config.embedder_path())
 
     @cached_property
     def reranker(self):

@@ -91,3 +91,42 @@ def test_bad_env_value(home: Path):
 def test_debug_shows_the_traceback(home: Path, tmp_path: Path):
     result = run_nightjar("--debug", "ask", "--model", str(tmp_path / "nope.gguf"), "hi", home=home)
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_an_empty_question_is_refused(home: Path):
+    for question in ("", "   "):
+        assert_one_line_error(run_nightjar("ask", question, home=home), "the question is empty")
+
+
+TRAINING_LIBRARIES = ("sentence_transformers", "peft", "trl", "bitsandbytes", "datasets")
+SERVE_AND_LIST = f"""
+import sys
+from assistant import config
+from assistant.service import Assistant
+answer = Assistant(config.load(sys.argv[1], environ={{}})).answer("Who serviced the boiler?")
+assert answer.sources, answer.notices
+print(" ".join(m for m in {TRAINING_LIBRARIES!r} if m in sys.modules))
+"""
+
+
+def test_a_grounded_answer_is_quiet_and_imports_no_training_library(home: Path, tmp_path: Path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "boiler.md").write_text(
+        "# Boiler\n\nThe boiler in the basement was serviced on 12 March by Ana.\n"
+    )
+    indexed = run_nightjar("index", str(docs), home=home)
+    assert indexed.returncode == 0 and indexed.stderr == "", indexed.stderr
+    asked = run_nightjar("ask", "--max-tokens", "24", "Who serviced the boiler?", home=home)
+    assert asked.returncode == 0 and "Sources:" in asked.stdout
+    assert asked.stderr == "", asked.stderr  # no library's warnings on the user's terminal
+    loaded = subprocess.run(
+        [sys.executable, "-c", SERVE_AND_LIST, str(home)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == [], f"serving imported {loaded.stdout.strip()}"

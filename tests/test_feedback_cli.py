@@ -11,12 +11,9 @@ from assistant import config as config_mod
 from assistant.engine import LlamaCppEngine
 from assistant.feedback import ReplayBuffer
 from assistant.service import Assistant
+from tests import hh_sample
 from tests.conftest import run_nightjar
 from tests.test_feedback_store import record
-
-HH = (
-    Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh-rlhf-harmless-test" / "test.jsonl"
-)
 
 
 def one_line_error(result, *words: str) -> str:
@@ -130,16 +127,17 @@ def test_regenerate_and_choose(config: config_mod.Config, engine: LlamaCppEngine
 
 
 def test_import_hh_rlhf_and_export_again(home: Path, tmp_path: Path):
-    result = run_nightjar("feedback", "import", "--from", "hh-rlhf", "--limit", "40", str(HH), home=home)
+    hh = hh_sample.write(tmp_path / "test.jsonl", 60)
+    result = run_nightjar("feedback", "import", "--from", "hh-rlhf", "--limit", "40", str(hh), home=home)
     assert result.returncode == 0, result.stderr
     assert "imported 40 row(s)" in result.stdout
-    again = run_nightjar("feedback", "import", "--from", "hh-rlhf", "--limit", "40", str(HH), home=home)
+    again = run_nightjar("feedback", "import", "--from", "hh-rlhf", "--limit", "40", str(hh), home=home)
     assert "imported 0 row(s)" in again.stdout and "40 already present" in again.stdout
     out = tmp_path / "hh.jsonl"
     assert run_nightjar("feedback", "export", "--format", "dpo", "--out", str(out), home=home).returncode == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 40
-    first = json.loads(HH.read_text().splitlines()[0])
+    first = json.loads(hh.read_text().splitlines()[0])
     (converted,) = [r for r in rows if first["chosen"].endswith(r["chosen"][0]["content"])]
     assert converted["prompt"][0] == {"role": "user", "content": "what are some pranks with a pen i can do?"}
     assert [m["role"] for m in converted["prompt"]] == ["user", "assistant", "user", "assistant", "user"]

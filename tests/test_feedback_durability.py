@@ -181,3 +181,43 @@ def test_a_newer_schema_is_refused(config: Config):
         raw.execute(f"PRAGMA user_version = {db.SCHEMA_VERSION + 1}")
     with pytest.raises(NightjarError, match="newer"):
         FeedbackStore(config.db_path)
+
+
+def test_a_crash_mid_answer_loses_no_feedback_and_no_index(tmp_path: Path):
+    """What a user sees when a native library crashes (`Segmentation fault`, exit 139): the answer being
+    written is gone, and everything before it is intact: the index, the recorded answers, their feedback."""
+    from tests.conftest import run_nightjar
+
+    home, docs = tmp_path / "home", tmp_path / "docs"
+    docs.mkdir()
+    (docs / "boiler.md").write_text(
+        "# Boiler\n\nThe boiler in the basement was serviced on 12 March by Ana.\n"
+    )
+    assert run_nightjar("index", str(docs), home=home).returncode == 0
+    asked = run_nightjar("ask", "--max-tokens", "16", "--json", "Who serviced the boiler?", home=home)
+    assert asked.returncode == 0, asked.stderr
+    first = json.loads(asked.stdout)["interaction_id"]
+    assert run_nightjar("feedback", "up", first, "--comment", "right", home=home).returncode == 0
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NIGHTJAR_")}
+    ask = ["ask", "--no-retrieval", "--max-tokens", "400", "Tell me a long story about a lighthouse keeper."]
+    crashing = subprocess.Popen(
+        [sys.executable, "-m", "assistant", "--home", str(home), *ask],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+    )
+    assert crashing.stdout is not None
+    assert crashing.stdout.read(8)  # the answer is streaming: the model is decoding right now
+    crashing.send_signal(signal.SIGSEGV)  # as a crash inside llama.cpp ends the process
+    assert crashing.wait(timeout=60) == -signal.SIGSEGV
+
+    with sqlite3.connect(home / "nightjar.db") as con:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    with FeedbackStore(home / "nightjar.db") as store:
+        (kept,) = store.recent(limit=-1)  # the crashed answer was never recorded; the first one was
+        assert kept.id == first and kept.data["sources"]
+        assert [(e.kind, e.comment) for e in kept.feedback] == [("up", "right")]
+    found = run_nightjar("search", "--json", "boiler serviced", home=home)
+    assert found.returncode == 0 and "boiler.md" in found.stdout

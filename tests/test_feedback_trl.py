@@ -11,11 +11,8 @@ import pytest
 from assistant import config as config_mod
 from assistant.engine import LlamaCppEngine
 from assistant.feedback import ReplayBuffer
+from tests import hh_sample
 from tests.test_feedback_store import make_answer
-
-HH = (
-    Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh-rlhf-harmless-test" / "test.jsonl"
-)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +56,7 @@ def test_exports_round_trip_and_feed_trl_trainers(tmp_path: Path, engine: LlamaC
         buf.store.rate(liked, up=True)
         disliked = _served(buf, engine, "Where is the meeting?", "Somewhere.")
         buf.store.rate(disliked, up=False)
-        report = buf.import_file(HH, "hh-rlhf", limit=8)
+        report = buf.import_file(hh_sample.write(tmp_path / "hh.jsonl", 20), "hh-rlhf", limit=8)
         assert report.added == 8 and not report.bad
         buf.add_kto("Is the sky green?", "Yes, always.", False)
         buf.add_sft([{"role": "user", "content": "Say hi."}], "Hi!")
@@ -134,13 +131,12 @@ def test_exports_round_trip_and_feed_trl_trainers(tmp_path: Path, engine: LlamaC
 
 
 def test_hh_rlhf_conversion(tmp_path: Path, config: config_mod.Config):
-    lines = HH.read_text(encoding="utf-8").splitlines()[:200]
-    sample = tmp_path / "slice.jsonl"
-    sample.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    sample = hh_sample.write(tmp_path / "sample.jsonl", 60, broken=True)
+    lines = sample.read_text(encoding="utf-8").splitlines()
     with ReplayBuffer(config) as buf:
         report = buf.import_file(sample, "hh-rlhf")
         rows = buf.rows("dpo", "train") + buf.rows("dpo", "holdout")
-    assert report.added + len(report.bad) == 200 and report.added >= 195
+    assert report.added == 60 and len(report.bad) == len(hh_sample.broken_rows())
     assert len(rows) == report.added
     for row in rows:
         roles = [m["role"] for m in row["prompt"]]

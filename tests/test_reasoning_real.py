@@ -15,6 +15,7 @@ import pytest
 from assistant.config import ReasoningConfig
 from assistant.engine import GenParams
 from assistant.feedback import FeedbackStore
+from assistant.quoting import WITHHELD
 from assistant.reasoning import Task, run_strategy
 from assistant.service import Assistant
 from tests.conftest import run_nightjar
@@ -91,15 +92,15 @@ def test_react_answers_from_an_indexed_file_with_citations_despite_an_injection(
     out = answer  # the same fields as an Outcome, through the whole answer API
     acts = check_actions(out, max_steps=2)
     assert acts[0]["by"] == "plan" and acts[0]["tool"] == "search_documents"
-    assert "IGNORE PREVIOUS INSTRUCTIONS" in " ".join(
-        a.get("observation", "") for a in acts
-    )  # it was read...
+    observed = " ".join(a.get("observation", "") for a in acts)
+    assert "memo.md" in observed and WITHHELD in observed  # the memo was found, its order withheld...
+    assert "1337" not in observed
     assert not {a["tool"] for a in acts} & {"calculator", "list_sources"}  # ...and not obeyed
     # a cited answer: [n] marks that point at the answer's sources, all of them indexed files
     cited = {int(n) for n in re.findall(r"\[(\d+)\]", answer.text)}
-    assert cited and cited == {s["n"] for s in answer.sources}
-    assert {Path(s["source"]).parent for s in answer.sources} == {docs}
-    assert "falcon.md" in {Path(s["source"]).name for s in answer.sources}
+    assert cited and cited == {s.n for s in answer.sources}
+    assert {Path(s.source).parent for s in answer.sources} == {docs}
+    assert "falcon.md" in {s.name for s in answer.sources}
     stored = assistant.feedback_store.get(answer.interaction_id)  # the trace is kept with the interaction
     assert stored.data["trace"] == json.loads(json.dumps(answer.trace)) and stored.strategy == "react"
 
@@ -140,7 +141,9 @@ def test_cli_shows_the_reasoning_on_request(home: Path):
     assert shown.returncode == 0, shown.stderr
     recorded = FeedbackStore(home / "nightjar.db").recent(1)[0]  # the interaction as the CLI recorded it
     reasoning = recorded.data["reasoning"]
-    assert recorded.strategy == "cot" and reasoning and recorded.response not in reasoning
+    assert recorded.strategy == "cot" and reasoning.strip() and recorded.response.strip()
+    # the reasoning, a blank line, then the answer: whatever words the model chose (greedy output varies
+    # with the CPU and the llama.cpp build, so a short answer such as "15" may well occur in the reasoning)
     assert shown.stdout.strip() == f"{reasoning}\n\n{recorded.response}"
 
 

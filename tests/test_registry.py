@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,8 +94,17 @@ def test_use_rollback_and_unknown_versions(config, gguf_copy):
     # a version deleted since it was served is skipped
     for name in ("v3", "v2", "v1"):
         registry.use(config, name)
-    assert registry.gc(config, keep=1) == ["v2"]  # v3 is the newest, v1 is served
+    shutil.rmtree(config.models_dir / "v2")
     assert registry.rollback(config) == "v3"
+
+
+def test_gc_never_deletes_what_a_rollback_would_serve(config, gguf_copy):
+    publish(config, gguf_copy, 1)
+    publish(config, gguf_copy, 2)
+    assert registry.current_version(config) == "v2"
+    assert registry.gc(config, keep=3) == []  # more to keep than there are versions: nothing goes
+    assert registry.gc(config, keep=1) == []  # v2 is the newest and served, v1 its rollback target
+    assert registry.rollback(config) == "v1"
 
 
 def test_gc_keeps_the_newest_and_the_served(config, gguf_copy):
@@ -104,12 +114,12 @@ def test_gc_keeps_the_newest_and_the_served(config, gguf_copy):
     assert registry.gc(config, keep=1) == ["v1", "v3"]
     assert [v.name for v in registry.versions(config)] == ["base", "v2", "v4"]
     assert registry.current_version(config) == "v2"
-    assert registry.gc(config, keep=0) == ["v4"]
-    assert [v.name for v in registry.versions(config)] == ["base", "v2"]
+    assert registry.gc(config, keep=0) == []  # v4 is what a rollback from v2 serves
+    assert [v.name for v in registry.versions(config)] == ["base", "v2", "v4"]
     # names are never reused, so a report always refers to one model
     assert publish(config, gguf_copy, 5) == "v5"
     registry.use(config, "base")
-    assert registry.gc(config, keep=0) == ["v2", "v5"]
+    assert registry.gc(config, keep=0) == ["v2", "v4"]  # base is served, v5 its rollback target
     assert registry.served_model(config)[0] == "base"
     assert publish(config, gguf_copy, 6) == "v6"
 
@@ -213,8 +223,11 @@ def test_models_cli(config, gguf_copy):
     assert details["version"] == "v1" and details["objective"] == "dpo" and details["served"] is False
 
     gc = run_nightjar("models", "gc", "--keep", "0", home=home)
-    assert gc.returncode == 0 and gc.stdout.strip() == "deleted v1"
-    assert [v.name for v in registry.versions(config)] == ["base", "v2"]
+    assert gc.returncode == 0 and gc.stdout.strip() == "nothing to delete"  # v1: what rollback serves
+    publish(config, gguf_copy, 3)
+    gc = run_nightjar("models", "gc", "--keep", "0", home=home)
+    assert gc.returncode == 0 and gc.stdout.strip() == "deleted v1"  # v3 served, v2 its rollback target
+    assert [v.name for v in registry.versions(config)] == ["base", "v2", "v3"]
 
     for args in (("use", "v9"), ("show", "v9")):
         bad = run_nightjar("models", *args, home=home)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from retrieval.config import RetrievalConfig, embedded_embedder_path
-from retrieval.embedder import SentenceTransformerEmbedder
+from retrieval.embedder import SentenceTransformerEmbedder, embedder_for
 from retrieval.index import Index
 from retrieval.indexer import update
 from retrieval.search import search
@@ -22,8 +22,8 @@ from retrieval.vectors import FaissStore
 
 @cache
 def shared_embedder() -> SentenceTransformerEmbedder:
-    """The embedded MiniLM, loaded once for every test module that needs it."""
-    return SentenceTransformerEmbedder(embedded_embedder_path())
+    """The embedded MiniLM as the index loads it, loaded once for every test module that needs it."""
+    return embedder_for(embedded_embedder_path())
 
 
 class Spy:

@@ -17,14 +17,13 @@ from pathlib import Path
 import pytest
 
 from assistant import config as config_mod
-from assistant import registry
+from assistant import registry, runs
 from assistant.engine import GenParams, LlamaCppEngine, chat
 from assistant.errors import NightjarError
 from assistant.feedback import ReplayBuffer
 from assistant.feedback.keys import prompt_key, split_of
 from assistant.modelfile import read_info
 from tests.conftest import run_nightjar
-from trainer import report
 from trainer.run import STAGES
 
 pytestmark = pytest.mark.slow
@@ -165,7 +164,7 @@ def test_a_run_killed_at_any_stage_changes_nothing(killed, home: Path, model_ans
         assert {k: after[k] for k in before} == before, f"killed in {stage}: {after}"
         assert after["unconsumed"] == killed[0][2]["unconsumed"], f"killed in {stage}: the buffer changed"
     assert len(killed[0][2]["unconsumed"]) >= 20
-    last = report.last_run(config_mod.load(home, environ={}))
+    last = runs.last_run(config_mod.load(home, environ={}))
     assert last["outcome"] == "unfinished"
 
 
@@ -221,11 +220,11 @@ def test_a_harmful_update_is_rejected_and_the_good_version_stays(published, home
     assert "not better" in result.stdout and "held-out pairs" in result.stdout, result.stdout
     assert registry.current_version(config) == "v1"
     assert [v.name for v in registry.versions(config)] == ["base", "v1"]
-    last = report.last_run(config)
+    last = runs.last_run(config)
     assert last["outcome"] == "rejected" and any("held-out pairs" in r for r in last["reasons"])
     with ReplayBuffer(config) as buf:  # a recorded rejection consumes its rows: they do not retrain nightly
         assert buf.rows("dpo", "train", only_unconsumed=True) == []
-    rejected = report.report_dir(config, last["run"])
+    rejected = runs.report_dir(config, last["run"])
     assert "FAIL: held-out pairs" in (rejected / "report.md").read_text()
     shutil.rmtree(rejected)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from assistant import config as config_mod
+from assistant import runs
 from assistant.errors import NightjarError
 from assistant.feedback import ReplayBuffer
 from tests.conftest import run_nightjar
@@ -139,7 +140,7 @@ def test_scheduled_run_on_a_busy_machine_skips_and_logs_why(home: Path):
     result = run_nightjar("train", "--scheduled", home=home, env=env)
     assert result.returncode == 0, result.stderr
     assert "skipped" in result.stdout and "machine busy" in result.stdout
-    last = report.last_run(config)
+    last = runs.last_run(config)
     assert last["outcome"] == "skipped" and "machine busy" in last["reasons"][0]
     assert "skipped: machine busy" in (home / "logs" / "train.log").read_text()
 
@@ -250,13 +251,13 @@ def test_report_files_and_run_log(config, tmp_path: Path):
     for png in (report.LOSS_PNG, report.HELDOUT_PNG):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    assert report.last_run(config) is None
-    report.log_event(config, {"run": "a", "event": "start"})
-    report.log_event(config, {"run": "a", "event": "end", "outcome": "rejected", "reasons": ["worse"]})
-    report.log_event(config, {"run": "b", "event": "start"})
-    assert report.last_run(config)["outcome"] == "unfinished", "a run killed midway shows as such"
-    report.log_event(config, {"run": "b", "event": "end", "outcome": "published", "version": "v2"})
-    last = report.last_run(config)
+    assert runs.last_run(config) is None
+    runs.log_event(config, {"run": "a", "event": "start"})
+    runs.log_event(config, {"run": "a", "event": "end", "outcome": "rejected", "reasons": ["worse"]})
+    runs.log_event(config, {"run": "b", "event": "start"})
+    assert runs.last_run(config)["outcome"] == "unfinished", "a run killed midway shows as such"
+    runs.log_event(config, {"run": "b", "event": "end", "outcome": "published", "version": "v2"})
+    last = runs.last_run(config)
     assert (last["run"], last["outcome"], last["version"]) == ("b", "published", "v2") and last["started"]
 
 
@@ -266,7 +267,7 @@ def test_train_report_without_runs(home: Path):
 
 
 def test_schedule_rejects_bad_times(home: Path, tmp_path: Path):
-    from trainer.schedule import parse_time
+    from assistant.schedule import parse_time
 
     env = {"NIGHTJAR_SCHEDULE_CRONTAB": str(tmp_path / "crontab")}
     assert_one_line_error(run_nightjar("schedule", "--at", "25:00", home=home, env=env), "25:00", "HH:MM")
@@ -298,8 +299,8 @@ def test_schedule_with_a_crontab(home: Path, tmp_path: Path):
     assert "nightly training at 04:30" in status.stdout and "no training run yet" in status.stdout
 
     config = config_mod.load(home, environ={})
-    report.log_event(config, {"run": "r1", "event": "start"})
-    report.log_event(config, {"run": "r1", "event": "end", "outcome": "rejected", "reasons": ["no better"]})
+    runs.log_event(config, {"run": "r1", "event": "start"})
+    runs.log_event(config, {"run": "r1", "event": "end", "outcome": "rejected", "reasons": ["no better"]})
     status = run_nightjar("schedule", "--status", home=home, env=env)
     assert "last run" in status.stdout and "rejected (no better)" in status.stdout
 
@@ -331,7 +332,7 @@ def test_schedule_with_a_systemd_user_timer(home: Path, tmp_path: Path):
 def test_next_run_time():
     import datetime as dt
 
-    from trainer.schedule import next_run
+    from assistant.schedule import next_run
 
     now = dt.datetime(2025, 5, 1, 2, 0)
     assert next_run("03:00", now) == dt.datetime(2025, 5, 1, 3, 0)
@@ -375,7 +376,7 @@ def test_out_of_disk_is_a_clear_message_and_nothing_is_left(config, monkeypatch)
     monkeypatch.setattr(run, "_check_disk", full)  # the disk fills up during the run
     with pytest.raises(NightjarError, match="out of disk space: nothing was published"):
         run.train(config)
-    assert report.last_run(config)["outcome"] == "failed"
+    assert runs.last_run(config)["outcome"] == "failed"
     assert not (config.models_dir / run.STAGING).exists() or not any(
         (config.models_dir / run.STAGING).iterdir()
     )
@@ -451,3 +452,13 @@ def test_the_served_type_ladder_starts_at_the_base_type_unless_one_is_configured
     assert ladder("Q4_1", "") == ["Q4_1", "Q8_0", "F16"]
     assert ladder("Q8_0", "") == ["Q8_0", "F16"]
     assert ladder("Q4_1", "q4_k_m") == ["Q4_K_M"]
+
+
+def test_a_scheduled_run_names_the_home_only_when_the_user_gave_one(home: Path, monkeypatch, tmp_path):
+    from assistant.schedule import _command
+
+    assert _command(config_mod.load(home, environ={}))[-4:] == ["--home", str(home), "train", "--scheduled"]
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    default = config_mod.load(None, environ={})  # the default home: its config is ~/.config/nightjar's
+    assert "--home" not in _command(default) and _command(default)[-2:] == ["train", "--scheduled"]

@@ -63,7 +63,7 @@ def test_index_a_folder_from_the_app_then_answer_from_it(home: Path, engine, tmp
             await pilot.press("escape")
 
             view = await ask(pilot, app, "Who leads Project Falcon?")
-            assert [s["source"] for s in view.turn.sources][:1] == [str(docs / "falcon.md")]
+            assert [s.source for s in view.turn.sources][:1] == [str(docs / "falcon.md")]
             options = app.chat.query_one("#source-list", OptionList)
             assert app.chat.query_one("#sources").display
             assert "[1] falcon.md · § Falcon" in str(options.get_option_at_index(0).prompt)

@@ -70,7 +70,8 @@ def test_an_impossible_rollback_is_reported_not_a_crash(home: Path, engine):
 
 
 def test_training_runs_schedule_and_report(home: Path, engine, tmp_path: Path, monkeypatch):
-    from trainer import report, schedule
+    from assistant import runs, schedule
+    from trainer import report
 
     monkeypatch.setenv(schedule.CRONTAB_ENV, str(tmp_path / "crontab"))
     config = config_mod.load(home, environ={})
@@ -83,26 +84,56 @@ def test_training_runs_schedule_and_report(home: Path, engine, tmp_path: Path, m
         "reasons": ["held-out desirability did not improve"],
         "started": "2025-01-01T03:00:00",
     }
-    report.log_event(config, {"run": run["run_id"], "event": "start"})
-    report.log_event(
+    runs.log_event(config, {"run": run["run_id"], "event": "start"})
+    runs.log_event(
         config, {"run": run["run_id"], "event": "end", "outcome": "rejected", "reasons": run["reasons"]}
     )
-    report.write(report.report_dir(config, run["run_id"]), run)
+    report.write(runs.report_dir(config, run["run_id"]), run)
     app = make_app(home, engine)
 
     async def scenario() -> None:
         async with app.run_test(size=(80, 24)) as pilot:
+            await app.workers.wait_for_complete()  # the schedule is read in the background
+            await pilot.pause()
             assert app.chat.status.training.startswith("training rejected ")
             assert app.chat.status.training.endswith(", next 03:00")
             await run_command(pilot, "Training runs")
             screen = app.screen
             assert isinstance(screen, TrainingScreen)
+            await app.workers.wait_for_complete()
+            await pilot.pause()
             text = str(screen.query_one("#training-schedule").render())
-            assert "Nightly training at 03:00 (cron)" in text and "rejected (held-out desirability" in text
+            assert "nightly training at 03:00 (cron" in text and "rejected (held-out desirability" in text
             table = screen.query_one(DataTable)
             assert table.get_row_at(0) == [run["run_id"], "rejected", "kto", ""]
             await pilot.press("enter")
             assert isinstance(app.screen, ReportScreen)
             assert "Training run 20250101-030000-abcdef" in app.screen.query_one(Markdown).source
+
+    asyncio.run(scenario())
+
+
+def test_without_systemd_or_cron_the_app_says_what_the_command_says(home: Path, engine, monkeypatch):
+    """One text for the schedule in every face: here, that nothing on this machine can schedule."""
+    from assistant import schedule
+
+    for name in (schedule.UNIT_DIR_ENV, schedule.CRONTAB_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(schedule.shutil, "which", lambda _: None)  # no systemctl, no crontab
+    config = config_mod.load(home, environ={})
+    expected = schedule.describe(schedule.status(config))
+    assert expected[0].startswith("no nightly training scheduled: cannot schedule")
+    app = make_app(home, engine)
+
+    async def scenario() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            assert app.chat.status.training == "training never run, not scheduled"
+            await run_command(pilot, "Training runs")
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            shown = str(app.screen.query_one("#training-schedule").render())
+            assert shown.split("\n") == expected
 
     asyncio.run(scenario())

@@ -7,27 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.engine import default_threads
-from assistant.errors import ModelFileError
-from assistant.modelfile import check_gguf
+from assistant import llamacpp
 
 
 def load(gguf_path: Path | str, n_ctx: int = 512, threads: int = 0):
     """A llama.cpp model that keeps the logits of every position (for scoring, not for chat)."""
-    from llama_cpp import Llama
-
-    path = check_gguf(gguf_path)
-    try:
-        return Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_batch=n_ctx,
-            n_threads=threads or default_threads(),
-            logits_all=True,
-            verbose=False,
-        )
-    except (ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"llama.cpp could not load {path}: corrupt or unsupported GGUF") from exc
+    return llamacpp.load(gguf_path, n_ctx=n_ctx, n_threads=threads, n_batch=n_ctx, logits_all=True)
 
 
 def logits(llm, tokens: list[int]) -> np.ndarray:

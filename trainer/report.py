@@ -1,70 +1,19 @@
-"""What a training run leaves behind: its report (report.json, report.md, PNG plots) and the run log.
+"""A training run's report: report.json, report.md and PNG plots.
 
-Every run's report is written to `<logs>/runs/<run id>/` (and copied into the version it published); the run
-log `<logs>/runs.jsonl` has one line when a run starts and one when it ends, so `nightjar schedule --status`
-can tell the last run's outcome, and a run that never ended (killed) shows as such.
+Every run's report is written to `<logs>/runs/<run id>/` (`assistant.runs.report_dir`, where every face
+reads it) and copied into the version it published; the run log is `assistant.runs`'s.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 from typing import Any
 
 from assistant import atomic
-from assistant.config import Config
+from assistant.runs import REPORT_JSON, REPORT_MD
 
-REPORT_JSON, REPORT_MD = "report.json", "report.md"
 LOSS_PNG, HELDOUT_PNG = "training.png", "heldout.png"
-
-
-# ---- the run log ----
-def runs_log(config: Config) -> Path:
-    return config.logs_dir / "runs.jsonl"
-
-
-def log_event(config: Config, event: dict[str, Any]) -> None:
-    """Append one line to the run log (flushed to disk: a kill right after leaves it there)."""
-    path = runs_log(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **event}, ensure_ascii=False) + "\n"
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def last_run(config: Config) -> dict[str, Any] | None:
-    """The last run: its start and end events merged; its outcome is "unfinished" if it never ended."""
-    runs = all_runs(config)
-    return runs[-1] if runs else None
-
-
-def all_runs(config: Config) -> list[dict[str, Any]]:
-    """Every run in the log, oldest first, each with its start and end events merged."""
-    runs: dict[str, dict[str, Any]] = {}
-    try:
-        lines = runs_log(config).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    for line in lines:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a crash of the whole machine
-        run = runs.setdefault(event.get("run", "?"), {"outcome": "unfinished"})
-        if event.get("event") == "start":
-            run["started"] = event.get("time")
-        else:
-            run["ended"] = event.get("time")
-        run.update({k: v for k, v in event.items() if k not in ("event", "time")})
-    return list(runs.values())
-
-
-def report_dir(config: Config, run_id: str) -> Path:
-    return config.logs_dir / "runs" / run_id
 
 
 # ---- the report ----

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from assistant import registry
+from assistant import registry, runs
 from assistant.config import Config
 from assistant.errors import NightjarError
 from trainer import data, report
@@ -90,7 +90,7 @@ def busy_reason(
     sleep: Callable[[float], None] = time.sleep,
 ) -> str | None:
     """None once the load per core is at most `max_load`; else (after waiting, for action "wait") why not."""
-    from assistant.engine import default_threads
+    from assistant.llamacpp import default_threads
 
     load = load or (lambda: os.getloadavg()[0] / default_threads())
     deadline = time.monotonic() + (wait_minutes * 60 if action == "wait" else 0)
@@ -288,7 +288,7 @@ def train(
         except Exception as exc:
             if not dry_run:
                 shutil.rmtree(config.models_dir / STAGING / run_id, ignore_errors=True)
-                report.log_event(
+                runs.log_event(
                     config, {"run": run_id, "event": "end", "outcome": "failed", "reasons": [str(exc)]}
                 )
             log.error("run %s failed: %s", run_id, exc)
@@ -312,17 +312,17 @@ def _locked(config: Config, run_id: str, dry_run: bool, scheduled: bool, console
         reason = busy_reason(cfg.max_load, cfg.busy, cfg.busy_wait_minutes)
         if reason:
             log.info("run %s skipped: %s", run_id, reason)
-            report.log_event(
+            runs.log_event(
                 config, {"run": run_id, "event": "end", "outcome": "skipped", "reasons": [reason]}
             )
             return RunResult(run_id, "skipped", reasons=[reason])
     if dry_run:
         return _run(config, run_id, dry_run, console)
     _clear_staging(config)
-    report.log_event(config, {"run": run_id, "event": "start"})
+    runs.log_event(config, {"run": run_id, "event": "start"})
     result = _run(config, run_id, dry_run, console)
     end = {"outcome": result.outcome, "version": result.version, "reasons": result.reasons}
-    report.log_event(config, {"run": run_id, "event": "end", **end, "stages": result.plan.get("stages", {})})
+    runs.log_event(config, {"run": run_id, "event": "end", **end, "stages": result.plan.get("stages", {})})
     log.info("run %s: %s %s", run_id, result.outcome, "; ".join(result.reasons))
     return result
 
@@ -347,7 +347,7 @@ def _quiet_libraries(threads: int) -> None:
     import torch
     import transformers
 
-    from assistant.engine import default_threads
+    from assistant.llamacpp import default_threads
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
@@ -366,7 +366,7 @@ def _run(config: Config, run_id: str, dry_run: bool, console) -> RunResult:
         )
     cfg = config.train
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    last = report.last_run(config) or {}
+    last = runs.last_run(config) or {}
     with Stages(console, expected={k: v["seconds"] for k, v in (last.get("stages") or {}).items()}) as stages:
         # -- read --
         stages.start("read")
@@ -514,7 +514,7 @@ def _run(config: Config, run_id: str, dry_run: bool, console) -> RunResult:
         _consume(config, run_id, rows_used)
         shutil.rmtree(staging, ignore_errors=True)
     record["stages"] = dict(stages.times)
-    out = report.report_dir(config, run_id)
+    out = runs.report_dir(config, run_id)
     report.write(out, record)
     if version:  # the version's copy, now with its name and the publish stage's time
         report.write(config.models_dir / version, record)

@@ -78,10 +78,9 @@ class NightjarApp(App):
         self.chat.refresh_status()
 
     def model_changed(self) -> None:
-        """Serve the version the registry now names (after use or rollback)."""
-        if self.assistant.reload():
-            self.warm.clear()
-            self.warm_up()
+        """After `use` or `rollback` (the assistant already serves the new version): load it now."""
+        self.warm.clear()
+        self.warm_up()
         self.chat.refresh_status()
 
     # ---- strategies and conversations ----

@@ -12,8 +12,8 @@ from textual.content import Content
 from textual.message import Message
 from textual.widgets import Collapsible, Markdown, Static
 
+from assistant.turns import Turn
 from tui.citations import citation_parser
-from tui.turns import Turn
 
 
 class QuestionView(Static):

@@ -15,15 +15,15 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from assistant import schedule
 from assistant.feedback.store import FLAG_REASONS
+from assistant.turns import Turn, history
 from tui.chat import AnswerView, QuestionView
 from tui.composer import Composer
 from tui.dialogs import CommentScreen, CorrectionScreen, PickScreen
 from tui.errors import reported
 from tui.sources import SourcesPanel
 from tui.status import StatusBar, plural
-from tui.training import training_summary
-from tui.turns import Turn
 
 WELCOME = (
     "Ask about your documents.\n"
@@ -83,12 +83,16 @@ class ChatScreen(Screen):
         self.status.model = self.assistant.model_version
         self.status.strategy = self.app.strategy
         with reported(self):  # e.g. an index made by another embedder: say so, and chat on
-            sources = self.assistant.documents.list_sources()
-            chunks = sum(s["chunks"] for s in sources)
-            self.status.index = (
-                f"{plural(len(sources), 'doc')}, {plural(chunks, 'chunk')}" if sources else "empty"
-            )
-        self.status.training = training_summary(self.assistant.config)
+            docs = self.assistant.sources()
+            chunks = sum(d.chunks for d in docs)
+            self.status.index = f"{plural(len(docs), 'doc')}, {plural(chunks, 'chunk')}" if docs else "empty"
+        self.refresh_training()
+
+    @work(thread=True, group="training-status", exclusive=True, exit_on_error=False)
+    def refresh_training(self) -> None:
+        """The schedule asks systemd or cron, which can take a while: off the UI thread."""
+        line = schedule.summary(self.assistant.training_status())
+        self.app.call_from_thread(setattr, self.status, "training", line)
 
     def answers(self) -> list[AnswerView]:
         return list(self.query(AnswerView))
@@ -109,15 +113,8 @@ class ChatScreen(Screen):
         self.generate(view, event.text, history)
 
     def history(self) -> list[dict[str, str]]:
-        """The conversation so far as the model sees it: each question and the answer shown for it."""
-        messages: list[dict[str, str]] = []
-        for view in self.answers():
-            if view.turn.interaction_id and view.turn.text:
-                messages += [
-                    {"role": "user", "content": view.turn.question},
-                    {"role": "assistant", "content": view.turn.text},
-                ]
-        return messages
+        """The conversation so far as the model sees it."""
+        return history([view.turn for view in self.answers()])
 
     def start_generation(self, view: AnswerView) -> None:
         self._cancel = threading.Event()

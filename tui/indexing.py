@@ -17,8 +17,6 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DirectoryTree, Footer, Input, ProgressBar, Static
 
-from assistant.grounding import user_errors
-
 
 class FolderTree(DirectoryTree):
     """Folders and files, hidden ones left out (the indexer leaves them out too)."""
@@ -89,11 +87,8 @@ class IndexScreen(Screen):
 
     @work(thread=True, group="index", exit_on_error=False)
     def index(self, paths: list[Path]) -> None:
-        from retrieval.indexer import update
-
         try:
-            with user_errors():
-                report = update(self.app.assistant.documents.index, paths, progress=Progress(self))
+            report = self.app.assistant.index(paths, progress=Progress(self))
         except Exception as exc:  # shown on the screen; the app keeps running
             self.app.call_from_thread(self.finished, None, str(exc) or type(exc).__name__)
             return

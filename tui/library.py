@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from textual.app import ComposeResult
@@ -9,7 +10,6 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from assistant.grounding import user_errors
 from tui.dialogs import PickScreen
 from tui.errors import reported
 
@@ -27,14 +27,14 @@ class SourcesScreen(Screen):
         self.refresh_sources()
 
     def refresh_sources(self) -> None:
-        self.sources = self.app.assistant.documents.list_sources()
+        self.sources = self.app.assistant.sources()
         table = self.query_one(DataTable)
         table.clear(columns=True)
         table.add_columns("chunks", "indexed", "source")
-        for source in self.sources:
-            indexed = source["indexed_at"][:16].replace("T", " ")
-            table.add_row(source["chunks"], indexed, source["source"], key=source["source"])
-        total = sum(s["chunks"] for s in self.sources)
+        for doc in self.sources:
+            indexed = datetime.fromtimestamp(doc.indexed_at).strftime("%Y-%m-%d %H:%M")
+            table.add_row(doc.chunks, indexed, doc.path, key=doc.path)
+        total = sum(doc.chunks for doc in self.sources)
         self.query_one("#library-total", Static).update(
             f"{len(self.sources)} documents, {total} chunks"
             if self.sources
@@ -44,12 +44,12 @@ class SourcesScreen(Screen):
     def action_forget(self) -> None:
         if not self.sources:
             return
-        path = self.sources[self.query_one(DataTable).cursor_row]["source"]
+        path = self.sources[self.query_one(DataTable).cursor_row].path
 
         def confirmed(answer: str | None) -> None:
             if answer == "forget":
-                with reported(self), user_errors():
-                    self.app.assistant.documents.index.forget([Path(path)])
+                with reported(self):
+                    self.app.assistant.forget([Path(path)])
                     self.notify(f"Forgot {path}.")
                 self.refresh_sources()
                 self.app.index_changed()

@@ -44,8 +44,7 @@ class ModelsScreen(Screen):
         self.refresh_versions()
 
     def refresh_versions(self) -> None:
-        config = self.app.assistant.config
-        self.versions = registry.versions(config)
+        self.versions = self.app.assistant.versions()
         table = self.query_one(DataTable)
         table.clear(columns=True)
         table.add_columns("", "version", "date", "objective", "rows", "metrics")
@@ -90,12 +89,12 @@ class ModelsScreen(Screen):
     def action_use(self) -> None:
         version = self.highlighted()
         with reported(self):
-            registry.use(self.app.assistant.config, version.name)
+            self.app.assistant.use_version(version.name)
             self.switched(f"Serving {version.name}.")
 
     def action_rollback(self) -> None:
         with reported(self):
-            name = registry.rollback(self.app.assistant.config)
+            name = self.app.assistant.rollback()
             self.switched(f"Rolled back: serving {name}.")
 
     def switched(self, message: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from textual.app import ComposeResult
@@ -12,12 +11,7 @@ from textual.content import Content
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-
-def source_label(source: dict[str, Any], number: int) -> str:
-    """`[n] file.md · p. 3`: the file's name and the location inside it."""
-    name = Path(str(source.get("source", "?"))).name
-    location = source.get("location") or ""
-    return f"[{source.get('n', number)}] {name}" + (f" · {location}" if location else "")
+from assistant.sources import Source
 
 
 class SourcesPanel(Vertical):
@@ -28,7 +22,7 @@ class SourcesPanel(Vertical):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.view: Any = None  # the AnswerView whose sources are shown
-        self.sources: list[dict[str, Any]] = []
+        self.sources: list[Source] = []
 
     def compose(self) -> ComposeResult:
         yield Static("Sources", classes="panel-title")
@@ -42,24 +36,20 @@ class SourcesPanel(Vertical):
         self.sources = sources = view.turn.sources
         options = self.query_one(OptionList)
         options.clear_options()
-        options.add_options(
-            Option(source_label(s, i), id=str(s.get("n", i))) for i, s in enumerate(sources, 1)
-        )
+        options.add_options(Option(s.label(), id=str(s.n)) for s in sources)
         self.display = bool(sources)
         if sources:
-            ids = [str(s.get("n", i)) for i, s in enumerate(sources, 1)]
+            ids = [str(s.n) for s in sources]
             options.highlighted = ids.index(str(number)) if str(number) in ids else 0
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         source = self.sources[event.option_index]
-        header = str(source.get("source", ""))
-        if source.get("location"):
-            header += f"\n{source['location']}"
-        self.query_one("#source-chunk", Static).update(Content(f"{header}\n\n{source.get('text', '')}"))
+        header = source.source + (f"\n{source.location}" if source.location else "")
+        self.query_one("#source-chunk", Static).update(Content(f"{header}\n\n{source.text}"))
 
     def action_flag(self) -> None:
         """Flag the highlighted source as wrong or irrelevant for this answer (feedback for training)."""
         index = self.query_one(OptionList).highlighted
         if self.view is not None and index is not None:
-            number = self.sources[index].get("n", index + 1)
+            number = self.sources[index].n
             self.view.post_message(self.view.Requested(self.view, f"flag:{number}"))

@@ -105,7 +105,7 @@ def ask(
     if answer.sources:
         click.secho("\nSources:", bold=True)
         for source in answer.sources:
-            click.echo(f"  [{source['n']}] {source['source']}, {source['location']}")
+            click.echo(f"  [{source.n}] {source.source}, {source.location}")
     if show_trace:
         click.secho("trace:", bold=True)
         for line in format_trace(answer.trace):

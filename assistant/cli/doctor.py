@@ -83,7 +83,7 @@ def doctor(state: State) -> None:
     """Show which models, libraries and folders Nightjar uses."""
     import llama_cpp
 
-    from assistant.engine import default_threads
+    from assistant import llamacpp
     from assistant.modelfile import read_info
     from assistant.registry import served_model
 
@@ -98,10 +98,11 @@ def doctor(state: State) -> None:
     )
     rows.append(("  chat template", "from GGUF metadata" if info.chat_template else "MISSING"))
     rows += _retrieval_rows(cfg)
+    build = llamacpp.build_info()
     rows.append(("llama.cpp", f"llama-cpp-python {llama_cpp.__version__}"))
-    system_info = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
-    rows.append(("  build", system_info))
-    threads = cfg.model.n_threads or default_threads()
+    rows.append(("  CPU features", ", ".join(build.features) or "none reported"))
+    rows.append(("  protection", llamacpp.protection(build).reason))
+    threads = cfg.model.n_threads or llamacpp.default_threads()
     rows.append(
         ("  threads", f"{threads}; context {cfg.model.n_ctx} tokens; GPU layers {cfg.model.n_gpu_layers}")
     )

@@ -291,32 +291,55 @@ def export_rows(state: State, kind: str, out: Path, split: str | None) -> None:
     default="trl",
     show_default=True,
     help="trl: JSONL rows in any TRL preference, unpaired or prompt-completion shape; hh-rlhf: "
-    "Anthropic HH-RLHF records ({chosen, rejected} Human/Assistant transcripts) made into DPO pairs.",
+    "Anthropic HH-RLHF records ({chosen, rejected} Human/Assistant transcripts) made into DPO pairs; "
+    "open-webui: Open WebUI's feedback export (Admin Panel -> Evaluations -> Feedbacks -> Export, "
+    "feedback-history-export-*.json); llm-logs: llm's logs.db (`llm logs path`) rated with the "
+    "llm-logs-feedback plugin. A client's thumbs become DPO pairs where answers to the same prompt were "
+    "rated up and down, else KTO rows.",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Import at most this many rows.")
 @pass_state
 def import_rows(state: State, file: Path, source_format: str, limit: int | None) -> None:
-    """Add training data from a JSONL file.
+    """Add training data from a JSONL file or a chat client's feedback.
 
-    Lines that cannot be used are reported and skipped; rows already present are not added twice.
+    Lines (or a client's records) that cannot be used are reported with why and skipped; rows already
+    present are not added twice, so importing a newer export of the same client adds only what is new.
 
     \b
     Examples:
       nightjar feedback import prefs.jsonl
       nightjar feedback import --from hh-rlhf --limit 500 hh-rlhf/harmless-base/test.jsonl
+      nightjar feedback import --from open-webui feedback-history-export-1718000000.json
+      nightjar feedback import --from llm-logs "$(llm logs path)"
     """
     with ReplayBuffer(state.config) as buf:
         report = buf.import_file(file, source_format, limit)
+    unit = report.unit
     if report.added + report.duplicates == 0 and report.bad:
         number, why = report.bad[0]
-        raise NightjarError(f"no usable rows in {file} ({len(report.bad)} bad line(s); line {number}: {why})")
+        if unit == "line":
+            raise NightjarError(
+                f"no usable rows in {file} ({len(report.bad)} bad line(s); line {number}: {why})"
+            )
+        raise NightjarError(
+            f"no usable feedback in {file} ({len(report.bad)} {unit}(s) left out; {unit} {number}: {why})"
+        )
     for number, why in report.bad[:20]:
-        click.secho(f"skipped line {number}: {why}", fg="yellow", err=True)
+        click.secho(f"skipped {unit} {number}: {why}", fg="yellow", err=True)
     if len(report.bad) > 20:
-        click.secho(f"... and {len(report.bad) - 20} more bad line(s)", fg="yellow", err=True)
+        more = "bad line(s)" if unit == "line" else f"{unit}(s) left out"
+        click.secho(f"... and {len(report.bad) - 20} more {more}", fg="yellow", err=True)
+    if unit == "line":
+        click.echo(
+            f"imported {report.added} row(s) from {file}; {report.duplicates} already present, "
+            f"{len(report.bad)} bad line(s) skipped"
+        )
+        return
+    counts = sorted(report.reasons.items(), key=lambda r: -r[1])
+    why = ": " + ", ".join(f"{n} {reason}" for reason, n in counts) if counts else ""
     click.echo(
         f"imported {report.added} row(s) from {file}; {report.duplicates} already present, "
-        f"{len(report.bad)} bad line(s) skipped"
+        f"{len(report.bad)} {unit}(s) left out{why}"
     )
 
 

@@ -14,13 +14,6 @@ from assistant.cli.base import State, cli, pass_state
 from assistant.grounding import user_errors
 
 
-def _index(state: State):
-    from retrieval.index import Index
-
-    with user_errors():
-        return Index(state.config.index_dir, state.config.retrieval)
-
-
 class _Bar:
     """The indexing progress bar (rich, on stderr): files, chunks, chunks/s and time left."""
 
@@ -87,12 +80,8 @@ def index_command(state: State, paths: tuple[Path, ...]) -> None:
       nightjar index ~/notes
       nightjar index ~/papers/attention.pdf ~/projects/nightjar/docs
     """
-    from retrieval.indexer import update
-
-    index = _index(state)
     bar = _Bar() if sys.stderr.isatty() else None
-    with user_errors():
-        report = update(index, list(paths), progress=bar)
+    report = state.assistant.index(list(paths), progress=bar)
     for notice in report.notices:
         click.secho(f"note: {notice}", fg="yellow", err=True)
     click.echo(report.summary())
@@ -140,16 +129,14 @@ def search_command(state: State, query: tuple[str, ...], limit: int, explain: bo
       nightjar search --explain ERR_0x7F3A
       nightjar search --json -k 20 "quarterly budget" | jq '.[].source'
     """
-    from retrieval.search import search
-
     config = state.config.retrieval
-    index = _index(state)
-    if index.is_empty():
+    documents = state.assistant.documents
+    if not documents.available():
         click.echo("no documents are indexed yet: add some with `nightjar index PATH`", err=True)
         sys.exit(1)
+    hits = state.assistant.search(" ".join(query), k=limit)
     with user_errors():
-        hits = search(index, " ".join(query), k=limit)
-        reranker = index.reranker
+        reranker = documents.index.reranker
     if as_json:
         rows = [
             {**h.source(n), "coverage": round(h.coverage, 6), "relevant": h.relevant, "ranks": h.ranks}
@@ -187,9 +174,7 @@ def search_command(state: State, query: tuple[str, ...], limit: int, explain: bo
 @pass_state
 def sources_command(state: State, as_json: bool) -> None:
     """List the indexed documents: chunks and when each was last indexed."""
-    index = _index(state)
-    with user_errors():
-        docs = index.sources()
+    docs = state.assistant.sources()
     if as_json:
         rows = [
             {
@@ -224,8 +209,6 @@ def forget_command(state: State, paths: tuple[Path, ...]) -> None:
       nightjar forget ~/notes/old-diary.md
       nightjar forget ~/notes/archive
     """
-    index = _index(state)
-    with user_errors():
-        removed = index.forget(list(paths))
+    removed = state.assistant.forget(list(paths))
     for path in removed:
         click.echo(f"forgot {path}")

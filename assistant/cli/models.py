@@ -45,7 +45,7 @@ def models(ctx: click.Context) -> None:
     state: State = ctx.find_object(State)
     config = state.config
     rows = [("", "VERSION", "DATE", "OBJECTIVE", "ROWS", "METRICS")]
-    for v in registry.versions(config):
+    for v in state.assistant.versions():
         data = "" if v.data_size is None else str(v.data_size)
         served = "*" if v.served else ""
         rows.append((served, v.name, _date(v.created), v.objective, data, _metrics(v.metrics)))
@@ -62,7 +62,7 @@ def models(ctx: click.Context) -> None:
 @pass_state
 def use(state: State, version: str) -> None:
     """Serve VERSION (or `base`) from now on."""
-    registry.use(state.config, version)
+    state.assistant.use_version(version)
     click.echo(f"serving {version}")
 
 
@@ -70,7 +70,7 @@ def use(state: State, version: str) -> None:
 @pass_state
 def rollback(state: State) -> None:
     """Serve again the version that was served before the current one."""
-    click.echo(f"serving {registry.rollback(state.config)}")
+    click.echo(f"serving {state.assistant.rollback()}")
 
 
 @models.command()

@@ -41,18 +41,18 @@ def train(state: State, objective: str | None, dry_run: bool, show_report: bool,
     """
     from rich.console import Console
 
-    from trainer import report
+    from assistant import runs as run_log
     from trainer.run import train as run_training
 
     config = state.config
     if show_report:
-        runs = report.all_runs(config)
+        runs = run_log.all_runs(config)
         if not runs:
             click.echo("no training run yet")
             return
         # runs that trained have a report; later ones that did not (nothing to do, busy, killed) are listed
         for run in reversed(runs):
-            path = report.report_dir(config, run["run"]) / report.REPORT_MD
+            path = run_log.report_dir(config, run["run"]) / run_log.REPORT_MD
             if path.is_file():
                 click.echo(path.read_text(encoding="utf-8").rstrip())
                 click.echo(f"\n(report folder: {path.parent})")
@@ -99,7 +99,7 @@ def schedule(state: State, at: str | None, show_status: bool, remove: bool) -> N
       nightjar schedule --status      # next and last runs
       nightjar schedule --remove
     """
-    from trainer import schedule as sched
+    from assistant import schedule as sched
 
     config = state.config
     if sum([at is not None, show_status, remove]) != 1:
@@ -109,22 +109,8 @@ def schedule(state: State, at: str | None, show_status: bool, remove: bool) -> N
         click.echo("nightly training removed" if removed else "no nightly training was scheduled")
         return
     status = sched.install(config, at) if at is not None else sched.status(config)
-    if status.installed:
-        when = status.next_run.strftime("%Y-%m-%d %H:%M") if status.next_run else "?"
-        click.echo(f"nightly training at {status.at} ({status.backend}: {status.where}); next run {when}")
-    elif status.backend == "none":
-        click.echo(f"no nightly training scheduled: {status.where}")
-    else:
-        click.echo(
-            f"no nightly training scheduled ({status.backend}); `nightjar schedule --at 03:00` adds one"
-        )
-    last = status.last_run
-    if last:
-        reasons = "; ".join(last.get("reasons") or [])
-        version = f" {last['version']}" if last.get("version") else ""
-        click.echo(
-            f"last run {last.get('started') or last.get('ended') or '?'}: {last['outcome']}{version}"
-            + (f" ({reasons})" if reasons else "")
-        )
-    elif show_status:
-        click.echo("no training run yet")
+    lines = sched.describe(status)
+    if not show_status and status.last_run is None:
+        lines = lines[:-1]  # just installed: no need to say that nothing ran yet
+    for line in lines:
+        click.echo(line)

@@ -2,7 +2,8 @@
 
 A row is a dict of message lists: dpo {"prompt", "chosen", "rejected"}, kto {"prompt", "completion",
 "label"}, sft {"prompt", "completion"}. Import also takes TRL's other shapes (plain strings, a DPO pair
-with an implicit prompt, an SFT "messages" conversation) and Anthropic HH-RLHF transcripts.
+with an implicit prompt, an SFT "messages" conversation) and Anthropic HH-RLHF transcripts; the feedback
+of chat clients (Open WebUI, llm) is read by `clients`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 
 KINDS = ("dpo", "kto", "sft")
 ROLES = ("system", "user", "assistant", "tool")
-SOURCE_FORMATS = ("trl", "hh-rlhf")
+CLIENT_FORMATS = ("open-webui", "llm-logs")  # chat clients' feedback, read by `clients`
+SOURCE_FORMATS = ("trl", "hh-rlhf", *CLIENT_FORMATS)
 
 Messages = list[dict[str, str]]
 

@@ -26,7 +26,15 @@ from typing import Any
 from assistant.atomic import replacing
 from assistant.config import Config
 from assistant.errors import NightjarError
-from assistant.feedback.formats import KINDS, SOURCE_FORMATS, RowError, from_hh_rlhf, normalize_row
+from assistant.feedback.clients import client_rows
+from assistant.feedback.formats import (
+    CLIENT_FORMATS,
+    KINDS,
+    SOURCE_FORMATS,
+    RowError,
+    from_hh_rlhf,
+    normalize_row,
+)
 from assistant.feedback.keys import key_text, near_duplicate_groups, prompt_key, row_id, split_of
 from assistant.feedback.store import FeedbackStore, Interaction, numbered_sources, source_id
 
@@ -57,6 +65,8 @@ class ImportReport:
     added: int = 0
     duplicates: int = 0
     bad: list[tuple[int, str]] = field(default_factory=list)  # (line number, why)
+    unit: str = "line"  # what `bad` numbers: "line", or a client's "record" / "feedback row"
+    reasons: dict[str, int] = field(default_factory=dict)  # a client's: how many were left out for what
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -325,14 +335,24 @@ class ReplayBuffer:
 
     # ---- files ----
     def import_file(self, path: Path, source_format: str = "trl", limit: int | None = None) -> ImportReport:
-        """Import a JSONL file of TRL rows (dpo, kto or sft, in any shape TRL accepts) or HH-RLHF records.
+        """Import a JSONL file of TRL rows (dpo, kto or sft, in any shape TRL accepts) or HH-RLHF records,
+        or a chat client's feedback (`clients`: an Open WebUI feedback export, an llm logs.db).
 
-        Bad lines are reported and skipped; the good ones are added in one transaction.
+        Bad lines (a client's unusable records) are reported and skipped; the good ones are added in one
+        transaction.
         """
         if source_format not in SOURCE_FORMATS:
             raise NightjarError(
                 f"unknown import format '{source_format}'; use one of {', '.join(SOURCE_FORMATS)}"
             )
+        if source_format in CLIENT_FORMATS:
+            rows, left_out, unit = client_rows(source_format, path)
+            report = ImportReport(bad=[(x.number, x.why) for x in left_out], unit=unit)
+            for x in left_out:
+                report.reasons[x.reason] = report.reasons.get(x.reason, 0) + 1
+            rows = rows if limit is None else rows[:limit]
+            report.added, report.duplicates = self.add_rows(rows, source=f"{source_format}:{Path(path).name}")
+            return report
         convert = from_hh_rlhf if source_format == "hh-rlhf" else normalize_row
         report, rows = ImportReport(), []
         try:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from assistant import llamacpp
 from assistant.engine import LlamaCppEngine, Message
 
 SHARPNESS = 4.0  # a 1 nat/token preference for the rejected reply scores 0.98, the reverse 0.02
@@ -29,15 +30,9 @@ class ModelScorer:
     """Scores rows with a GGUF through llama.cpp, in a context that keeps every position's logits."""
 
     def __init__(self, model_path: Path | str, n_ctx: int = 4096, n_threads: int = 0) -> None:
-        from llama_cpp import Llama
-
         self.engine = LlamaCppEngine(model_path, n_ctx=n_ctx, n_threads=n_threads)  # template and tokens
-        self.llm = Llama(
-            model_path=str(self.engine.path),
-            n_ctx=n_ctx,
-            n_threads=self.engine.llm.n_threads,
-            logits_all=True,
-            verbose=False,
+        self.llm = llamacpp.load(
+            self.engine.path, n_ctx=n_ctx, n_threads=self.engine.llm.n_threads, logits_all=True
         )
         self._seen: dict[tuple[str, str], float | None] = {}
 

@@ -103,6 +103,11 @@ class ConversationSummary:
     turns: int
 
 
+def new_id() -> str:
+    """A new interaction id; a face may name an answer with one before the answer exists."""
+    return uuid.uuid4().hex
+
+
 def numbered_sources(sources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """An answer's sources by citation number (retrieval's "n", else their position from 1)."""
     return {str(s.get("n", k)): s for k, s in enumerate(sources, start=1)}
@@ -142,12 +147,15 @@ class FeedbackStore:
             raise FeedbackDBError(f"feedback database {self.path}: {exc}") from exc
 
     # ---- recording ----
-    def record(self, answer: dict[str, Any], *, alternative_of: str | None = None) -> str:
-        """Store an answered turn (an `Answer.to_dict()`); returns the new interaction's id.
+    def record(
+        self, answer: dict[str, Any], *, alternative_of: str | None = None, interaction_id: str | None = None
+    ) -> str:
+        """Store an answered turn (an `Answer.to_dict()`); returns the new interaction's id (`interaction_id`
+        when given: a fresh 32-digit hex id, as `new_id` makes).
 
         With `alternative_of`, the answer is another response to that interaction's turn (a regeneration).
         """
-        interaction_id = uuid.uuid4().hex
+        interaction_id = interaction_id or new_id()
         history = answer.get("history") or []
         key = prompt_key([*history, {"role": "user", "content": answer["question"]}])
         data = {k: v for k, v in answer.items() if k not in _COLUMNS and k != "interaction_id"}

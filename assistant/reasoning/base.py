@@ -9,14 +9,15 @@ from typing import Any, Protocol
 
 from assistant.config import ReasoningConfig
 from assistant.engine import Completion, Engine, GenParams, Message
+from assistant.sources import Source
 
 
 class Documents(Protocol):
     """Read-only access to the user's indexed documents (retrieval's `DocumentAccess` is one)."""
 
-    def search(self, query: str, k: int = 5) -> list[dict[str, Any]]: ...
+    def search(self, query: str, k: int = 5) -> list[Source]: ...
 
-    def read_source(self, source: str, location: str | None = None) -> list[dict[str, Any]]: ...
+    def read_source(self, source: str, location: str | None = None) -> list[Source]: ...
 
     def list_sources(self) -> list[dict[str, Any]]: ...
 
@@ -31,7 +32,7 @@ class Task:
     engine: Engine
     messages: list[Message]
     params: GenParams
-    sources: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
     on_token: Callable[[str], None] | None = None
     cancel: threading.Event | None = None
     documents: Documents | None = None
@@ -60,7 +61,7 @@ class Outcome:
     reasoning: str = ""  # the reasoning kept apart from the answer (shown on request)
     strategy: str = ""  # the strategy that ran (what `auto` picked)
     confidence: float | None = None  # self-consistency: the winning answer's share of the votes
-    sources: list[dict[str, Any]] | None = None  # sources the strategy found and cited itself (react)
+    sources: list[Source] | None = None  # sources the strategy found and cited itself (react)
 
 
 class Steps:

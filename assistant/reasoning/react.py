@@ -200,7 +200,7 @@ def _finish(
     steps.record("answer", text=text, citations=cited, numbers={str(old): new for old, new in number.items()})
     if task.on_token:
         task.on_token(text)
-    sources = [{**toolbox.sources[old], "n": new} for old, new in number.items()]
+    sources = [toolbox.sources[old].numbered(new) for old, new in number.items()]
     thoughts = [
         f"{e.get('thought', '')} -> {e.get('tool')}({json.dumps(e.get('args', {}))})"
         for e in steps.trace

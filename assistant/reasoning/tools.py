@@ -12,8 +12,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from assistant.quoting import as_data
 from assistant.reasoning.base import Documents
 from assistant.reasoning.calculator import CalculatorError, calculate
+from assistant.sources import Source
 
 DESCRIPTIONS = {
     "search_documents": "search_documents(query): search the user's documents; results are numbered [n]",
@@ -64,7 +66,7 @@ class Toolbox:
 
     def __init__(self, documents: Documents | None) -> None:
         self.documents = documents
-        self.sources: dict[int, dict[str, Any]] = {}  # n -> source dict, in the order first seen
+        self.sources: dict[int, Source] = {}  # n -> source, in the order first seen
         self._numbers: dict[str, int] = {}  # chunk key -> n
         self.searches: dict[str, list[int]] = {}  # normalized query -> numbers of its results
         self.hops: list[list[int]] = []  # per search that found something new: the numbers it found first
@@ -166,26 +168,26 @@ class Toolbox:
             raise ToolError(f"{tool} failed: {exc}") from None
         raise ToolError(f"{tool} is not a tool that returns an observation")
 
-    def _number(self, source: dict[str, Any]) -> int:
-        key = str(source.get("id") or (source.get("source"), source.get("location"), source.get("text")))
+    def _number(self, source: Source) -> int:
+        key = str(source.id or (source.source, source.location, source.text))
         if key not in self._numbers:
             n = len(self._numbers) + 1
             self._numbers[key] = n
-            self.sources[n] = {**source, "n": n}
+            self.sources[n] = source.numbered(n)
         n = self._numbers[key]
-        self.readable[(str(source.get("source", "")), str(source.get("location") or ""))] = None
+        self.readable[(source.source, source.location)] = None
         return n
 
-    def _show(self, results: list[dict[str, Any]]) -> tuple[str, list[int]]:
+    def _show(self, results: list[Source]) -> tuple[str, list[int]]:
         lines, numbers = [], []
         for source in results:
             n = self._number(source)
             numbers.append(n)
-            text = " ".join(str(source.get("text", "")).split())
+            text = " ".join(as_data(source.text).split())
             if len(text) > SNIPPET_CHARS:
                 text = text[:SNIPPET_CHARS] + " ..."
-            where = f", {source['location']}" if source.get("location") else ""
-            lines.append(f"[{n}] {source.get('source', '?')}{where}: {text}")
+            where = f", {source.location}" if source.location else ""
+            lines.append(f"[{n}] {source.source}{where}: {text}")
         return "\n".join(lines), numbers
 
     def _search(self, query: str) -> str:
@@ -215,7 +217,7 @@ class Toolbox:
         if not numbers:
             return f"nothing to read in {source}"
         for hop in self.hops:  # text read around a hop's result counts for that hop too
-            if any(self.sources[n].get("source") == source for n in hop):
+            if any(self.sources[n].source == source for n in hop):
                 hop.extend(n for n in numbers if n not in seen and n not in hop)
         return text
 

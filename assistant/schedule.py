@@ -2,7 +2,7 @@
 
 With a systemd user session, a per-user timer (`~/.config/systemd/user/nightjar-train-<id>.timer` and its
 service); otherwise a crontab entry. One schedule per Nightjar home (the id is a hash of the home). Output of
-the scheduled runs goes to `<home>/logs/schedule.log`; each run's outcome to the run log (see report.py).
+the scheduled runs goes to `<home>/logs/schedule.log`; each run's outcome to the run log (`assistant.runs`).
 
 For tests and unusual set-ups the places can be given: NIGHTJAR_SCHEDULE_UNIT_DIR (write the systemd units
 there and do not call systemctl) or NIGHTJAR_SCHEDULE_CRONTAB (a file standing in for the user's crontab).
@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from assistant import runs
 from assistant.config import Config
 from assistant.errors import NightjarError
-from trainer import report
 
 UNIT_DIR_ENV = "NIGHTJAR_SCHEDULE_UNIT_DIR"
 CRONTAB_ENV = "NIGHTJAR_SCHEDULE_CRONTAB"
@@ -60,7 +60,11 @@ def _id(config: Config) -> str:
 
 
 def _command(config: Config) -> list[str]:
-    return [sys.executable, "-m", "assistant", "--home", str(config.home), "train", "--scheduled"]
+    """The scheduled command line. It names the home only when the user gave one (`--home` or
+    NIGHTJAR_HOME): with the default home, the user's own config file (~/.config/nightjar/config.toml) is
+    the one the run must read, and `--home <data dir>` would read `<data dir>/config.toml` instead."""
+    home = ["--home", str(config.home)] if config.config_file == config.home / "config.toml" else []
+    return [sys.executable, "-m", "assistant", *home, "train", "--scheduled"]
 
 
 def _log_file(config: Config) -> Path:
@@ -217,7 +221,7 @@ def status(config: Config, environ: Mapping[str, str] | None = None, chosen=None
     try:
         chosen = chosen or backend(config, environ)
     except NightjarError as exc:  # nothing to schedule with: still tell the last run
-        return Status(backend="none", installed=False, where=str(exc), last_run=report.last_run(config))
+        return Status(backend="none", installed=False, where=str(exc), last_run=runs.last_run(config))
     at = chosen.installed_at()
     return Status(
         backend=chosen.name,
@@ -225,5 +229,35 @@ def status(config: Config, environ: Mapping[str, str] | None = None, chosen=None
         at=at,
         where=chosen.where,
         next_run=next_run(at) if at else None,
-        last_run=report.last_run(config),
+        last_run=runs.last_run(config),
     )
+
+
+def describe(status: Status) -> list[str]:
+    """The schedule and the last run in a few lines, as every face shows them."""
+    if status.installed:
+        when = status.next_run.strftime("%Y-%m-%d %H:%M") if status.next_run else "?"
+        lines = [f"nightly training at {status.at} ({status.backend}: {status.where}); next run {when}"]
+    elif status.backend == "none":
+        lines = [f"no nightly training scheduled: {status.where}"]
+    else:
+        lines = [f"no nightly training scheduled ({status.backend}); `nightjar schedule --at 03:00` adds one"]
+    last = status.last_run
+    if last:
+        reasons = "; ".join(last.get("reasons") or [])
+        version = f" {last['version']}" if last.get("version") else ""
+        lines.append(
+            f"last run {last.get('started') or last.get('ended') or '?'}: {last['outcome']}{version}"
+            + (f" ({reasons})" if reasons else "")
+        )
+    else:
+        lines.append("no training run yet")
+    return lines
+
+
+def summary(status: Status) -> str:
+    """One line for a status bar: the last run's outcome and the next scheduled run."""
+    last = status.last_run
+    when = (last.get("started") or last.get("ended") or "")[5:16].replace("T", " ") if last else ""
+    shown = f"training {last['outcome']} {when}" if last else "training never run"
+    return shown + (f", next {status.at}" if status.installed else ", not scheduled")

@@ -1,9 +1,16 @@
-"""One answer as the conversation pane shows it: just generated (`Answer`) or restored (an interaction)."""
+"""`Turn`: one question and the answer shown for it, as every face holds a conversation.
+
+Made from an answer just generated (`Answer`) or restored from the feedback store (an `Interaction`, with
+its correction shown if it has one); `history` turns a conversation back into the messages the model sees.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from assistant.engine import Message
+from assistant.sources import Source
 
 
 @dataclass
@@ -13,7 +20,7 @@ class Turn:
     interaction_id: str | None = None
     strategy: str = ""
     model_version: str = ""
-    sources: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
     trace: list[dict[str, Any]] = field(default_factory=list)
     reasoning: str = ""
     notices: list[str] = field(default_factory=list)
@@ -47,7 +54,7 @@ class Turn:
             interaction_id=interaction.id,
             strategy=interaction.strategy,
             model_version=interaction.model_version,
-            sources=list(interaction.sources),
+            sources=[Source.from_dict({"n": k, **s}) for k, s in enumerate(interaction.sources, 1)],
             trace=list(data.get("trace") or []),
             reasoning=data.get("reasoning") or "",
             notices=list(data.get("notices") or []),
@@ -59,3 +66,15 @@ class Turn:
     @property
     def cancelled(self) -> bool:
         return self.finish_reason == "cancelled"
+
+
+def history(turns: list[Turn]) -> list[Message]:
+    """The conversation as the model sees it: each recorded question and the answer shown for it."""
+    messages: list[Message] = []
+    for turn in turns:
+        if turn.interaction_id and turn.text:
+            messages += [
+                {"role": "user", "content": turn.question},
+                {"role": "assistant", "content": turn.text},
+            ]
+    return messages
