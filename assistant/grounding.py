@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import Any
 
 from assistant.config import Config
+from assistant.context import fit
 from assistant.engine import Engine, Message
 from assistant.errors import NightjarError
 from assistant.quoting import addressed, defang, quote
@@ -179,6 +180,95 @@ def fit_sources(
         kept.append(entry)
         budget -= cost
     return kept
+
+
+# ---- fitting a grounded prompt into a smaller budget (training rows, scoring) ----
+
+_GROUNDED = "Answer from the numbered sources below"  # how INSTRUCTIONS start, in rows of every version
+_SOURCE_BLOCK = re.compile(r"\n\n(?=\[(\d+)\] )")
+
+
+@dataclass
+class FittedPrompt:
+    """A prompt cut to a budget, and what was cut."""
+
+    messages: list[Message]
+    dropped_sources: int = 0  # lowest-ranked sources no answer cites, left out first
+    cut_source: bool = False  # the last source kept lost its tail
+    dropped_turns: int = 0  # then the oldest turns of the conversation
+    cut_question: bool = False  # last resort: the start of the question itself
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.dropped_sources or self.cut_source or self.dropped_turns or self.cut_question)
+
+
+def _split_sources(system: str) -> tuple[str, list[tuple[int, str]]] | None:
+    """A grounded system message as (its head: prompt and instructions, [(n, source block)]), else None."""
+    at = system.find(_GROUNDED)
+    end = system.find("\n\n", at) if at >= 0 else -1
+    if end < 0:
+        return None
+    head, rest = system[:end], system[end:]
+    parts = _SOURCE_BLOCK.split(rest)  # ["", n1, block1, n2, block2, ...]
+    if parts[0].strip() or len(parts) < 3:
+        return None
+    return head, [(int(n), block) for n, block in zip(parts[1::2], parts[2::2], strict=True)]
+
+
+def fit_grounded(
+    messages: list[Message], budget: int, count: Callable[[list[Message]], int], cited: set[int] = frozenset()
+) -> FittedPrompt:
+    """Fit a conversation as serving builds it into `budget` tokens (`count` renders and counts them).
+
+    In the order serving gives up context: the lowest-ranked sources that no answer of the row cites, then
+    the tail of the last source kept, then other sources from the lowest, then the oldest turns; the
+    question is cut (its start) only when it alone does not fit. Source numbers are kept, so the answers'
+    citations still point at the sources they cite.
+    """
+    if count(messages) <= budget:
+        return FittedPrompt(list(messages))
+    first = messages[0] if messages and messages[0]["role"] == "system" else None
+    split = _split_sources(first["content"]) if first else None
+    if split is None:
+        plain = fit(messages, budget, count)
+        return FittedPrompt(plain.messages, dropped_turns=plain.dropped_turns, cut_question=plain.truncated)
+    head, blocks = split
+    rest = messages[1:]
+
+    def build(kept: list[tuple[int, str]]) -> list[Message]:
+        return [{**first, "content": head + "".join(f"\n\n{b}" for _, b in kept)}, *rest]
+
+    out = FittedPrompt(list(messages))
+    kept = list(blocks)
+    while kept and count(build(kept)) > budget:  # uncited sources, from the lowest ranked
+        uncited = [i for i, (n, _) in enumerate(kept) if n not in cited]
+        if not uncited:
+            break
+        kept.pop(uncited[-1])
+        out.dropped_sources += 1
+    while kept and count(build(kept)) > budget:  # the tail of the last source, or the whole of it
+        n, block = kept[-1]
+        header, _, text = block.partition("\n")
+        lo, hi = 0, len(text)
+        while lo < hi:  # the longest start of its text that fits
+            mid = (lo + hi + 1) // 2
+            if count(build([*kept[:-1], (n, f"{header}\n{text[:mid].rstrip()} ...")])) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo >= 4 * MIN_SOURCE_TOKENS:  # about MIN_SOURCE_TOKENS tokens of text, else the source goes
+            kept[-1] = (n, f"{header}\n{text[:lo].rstrip()} ...")
+            out.cut_source = True
+            break
+        kept.pop()
+        out.dropped_sources += 1
+    messages = build(kept)
+    if count(messages) > budget:
+        plain = fit(messages, budget, count)
+        messages, out.dropped_turns, out.cut_question = plain.messages, plain.dropped_turns, plain.truncated
+    out.messages = messages
+    return out
 
 
 # ---- citations ----

@@ -18,6 +18,7 @@ from assistant.grounding import (
     CitationFilter,
     DocumentAccess,
     DocumentError,
+    fit_grounded,
     fit_sources,
     grounded_messages,
     strip_citations,
@@ -274,3 +275,25 @@ def test_an_order_written_in_a_document_is_not_followed(tmp_path_factory, engine
     assert WITHHELD in seen and "Banana" not in seen  # ...as data, without the order in it...
     assert "banana" not in answer.text.lower() and "evil.example" not in answer.text  # ...which is not obeyed
     assert any("withheld from the model" in n for n in answer.notices)
+
+
+def test_a_grounded_prompt_gives_up_context_in_serving_order():
+    sources = [Source(f"/notes/n{i}.md", f"line {i}", f"Fact {i}. " + "words " * 60) for i in range(1, 5)]
+    numbered = [s.numbered(i) for i, s in enumerate(sources, 1)]
+    earlier = [{"role": "user", "content": "Hi there."}, {"role": "assistant", "content": "Hello."}]
+    messages = grounded_messages("You are Nightjar.", earlier, "Which fact is first?", numbered)
+
+    def size(m):  # characters stand in for tokens here
+        return sum(len(x["content"]) for x in m)
+
+    whole = size(messages)
+    cut = fit_grounded(messages, whole - 400, size, cited={3})  # source [3] is cited by the answer
+    system = cut.messages[0]["content"]
+    assert "[4] n4.md" not in system and "[2] n2.md" not in system and "[3] n3.md" in system
+    assert cut.dropped_sources == 2 and not cut.cut_source and cut.messages[1:] == messages[1:]
+    tail = fit_grounded(messages, whole - 1200, size, cited={1, 2, 3, 4})  # all cited: the last one's tail
+    assert tail.dropped_sources >= 1 and tail.messages[-1]["content"] == "Which fact is first?"
+    assert size(tail.messages) <= whole - 1200 and "[1] n1.md" in tail.messages[0]["content"]
+    bare = fit_grounded(messages, size([messages[0] | {"content": "x"}, messages[-1]]) + 600, size)
+    assert bare.messages[-1]["content"] == "Which fact is first?" and not bare.cut_question
+    assert size(bare.messages) <= size([messages[0] | {"content": "x"}, messages[-1]]) + 600

@@ -217,32 +217,47 @@ def test_an_update_the_base_type_rounds_away_is_served_in_a_finer_type(master, m
     assert update_kept(model_path, model_path)(model_path) == 1.0  # no change: nothing to lose
 
 
-def test_a_prompt_too_long_for_training_is_shortened_not_dropped(master: Path, tmp_path: Path):
-    """A question with its retrieved sources easily fills max_length; TRL would drop such a pair."""
+def test_a_grounded_row_too_long_for_training_is_fitted_as_serving_would(
+    master: Path, tmp_path: Path, engine
+):
+    """A question asked over the user's notes carries its sources in the system message, as `ask` builds
+    it: with max_length cut short, the uncited sources go first, then the tail of the last one, and the
+    question, the system prompt and the cited source stay; TRL would drop the whole pair instead."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     from assistant.config import TrainConfig
+    from assistant.feedback import ReplayBuffer
+    from assistant.grounding import DocumentAccess
+    from assistant.service import Assistant
+    from retrieval.index import Index
+    from retrieval.indexer import update
+    from tests.test_retrieval_index import shared_embedder
     from trainer.objectives import device_plan, fit_rows, load_float, lora_config, tokenizer, trl_args
 
+    config = config_mod.load(tmp_path / "home", environ={})
+    docs = tmp_path / "notes"
+    docs.mkdir()
+    for name in ("boiler", "heating", "pipes", "radiators"):  # four relevant notes of a full chunk each
+        (docs / f"{name}.md").write_text(
+            f"# Boiler and {name}\n\nThe boiler and the {name} were serviced by Ana Berg in March. "
+            + TEXT[:600]
+            + f"\n\nNext {name} service: October.\n"
+        )
+    update(Index(config.index_dir, config.retrieval, embedder=shared_embedder()), [docs])
+    assistant = Assistant(config, engine=engine)
+    access = DocumentAccess(config)
+    access.__dict__["index"] = Index(config.index_dir, config.retrieval, embedder=shared_embedder())
+    assistant.__dict__["documents"] = access
+    question = "Who serviced the boiler, and when?"
+    answer = assistant.answer(question, params=assistant.params(max_tokens=24))
+    assert len(answer.sources) >= 3, answer.notices  # a long grounded prompt, as `ask` makes it
+    assistant.correct(answer.interaction_id, "Ana Berg of Nordvarme serviced it in March [1].")
+    with ReplayBuffer(config) as buf:
+        (row,) = buf.rows("dpo", "train") + buf.rows("dpo", "holdout")
+
     tok = tokenizer(master)
-    sources = "\n".join(f"[{i}] notes.md: {TEXT[:300]}" for i in range(1, 5))
-    question = "Which city is the capital of France?"
-    long_row = {
-        "prompt": [
-            {"role": "system", "content": "Answer from the sources."},
-            {"role": "user", "content": "An earlier question about gardening and compost. " * 10},
-            {"role": "assistant", "content": "An earlier answer about tomatoes. " * 10},
-            {"role": "user", "content": f"Sources:\n{sources}\n\nQuestion: {question}"},
-        ],
-        "chosen": [{"role": "assistant", "content": "Paris [1]."}],
-        "rejected": [{"role": "assistant", "content": "I do not know. " * 6}],
-    }
-    short_row = {
-        "prompt": [{"role": "user", "content": question}],
-        **{k: long_row[k] for k in ("chosen", "rejected")},
-    }
-    cfg = TrainConfig(max_length=256)
+    cfg = TrainConfig(max_length=320)
 
     def tokens(messages, generation_prompt=True) -> int:
         ids = tok.apply_chat_template(
@@ -250,28 +265,36 @@ def test_a_prompt_too_long_for_training_is_shortened_not_dropped(master: Path, t
         )["input_ids"]
         return len(ids)
 
-    assert tokens(long_row["prompt"]) > cfg.max_length
-    fitted, same = fit_rows([long_row, short_row], tok, cfg.max_length)
-    assert same == short_row and fitted["chosen"] == long_row["chosen"]
-    prompt = fitted["prompt"]
-    assert prompt[0] == long_row["prompt"][0] and prompt[-1]["content"].endswith(question)
-    assert len(prompt) == 2  # the earlier turns went first, then the start of the sources
-    longest = max(tokens(prompt + fitted[k], False) for k in ("chosen", "rejected"))
-    assert longest <= cfg.max_length and tokens(prompt) < cfg.max_length
+    assert row["prompt"][0]["role"] == "system" and "[3] " in row["prompt"][0]["content"]
+    assert tokens(row["prompt"]) > cfg.max_length
+    short_row = {
+        "prompt": [{"role": "user", "content": question}],
+        "chosen": row["chosen"],
+        "rejected": row["rejected"],
+    }
+    (fitted, same), counts = fit_rows([row, short_row], tok, cfg.max_length)
+    assert same == short_row and fitted["chosen"] == row["chosen"] and fitted["rejected"] == row["rejected"]
+    assert (counts.given, counts.trained, counts.fitted, counts.left_out) == (2, 2, 1, {})
+    system, asked = fitted["prompt"][0]["content"], fitted["prompt"][-1]["content"]
+    assert asked == question  # the question whole
+    assert system.startswith(config.model.system_prompt) and "Answer from the numbered sources" in system
+    assert "[1] " in system  # the source the correction cites is kept...
+    assert system.count("\n\n[") < row["prompt"][0]["content"].count("\n\n[")  # ...lower-ranked ones went
+    longest = max(tokens(fitted["prompt"] + fitted[k], False) for k in ("chosen", "rejected"))
+    assert longest <= cfg.max_length
 
     def kept(rows) -> int:
         args = DPOConfig(**trl_args(cfg, device_plan(cuda=False), tmp_path))
-        dataset = Dataset.from_list(rows)
         trainer = DPOTrainer(
             model=load_float(master, []),
             args=args,
-            train_dataset=dataset,
+            train_dataset=Dataset.from_list(rows),
             processing_class=tok,
             peft_config=lora_config(cfg),
         )
         return len(trainer.train_dataset)
 
-    assert kept([long_row]) == 0 and kept([fitted]) == 1
+    assert kept([row]) == 0 and kept([fitted]) == 1
 
 
 def test_the_fused_head_scores_only_the_answer_positions_on_the_cpu(master: Path, monkeypatch):

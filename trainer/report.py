@@ -69,6 +69,13 @@ def markdown(report: dict[str, Any], plots: list[str] = ()) -> str:
         lines += ["", "## Stages", "", "| stage | seconds | peak RAM (MiB) |", "|---|---|---|"]
         lines += [f"| {name} | {s['seconds']:.1f} | {s['peak_rss_mib']:.0f} |" for name, s in stages.items()]
     for name, history in report.get("training", {}).items():
+        for counts in (h["rows"] for h in history if "rows" in h):
+            left = "".join(f"; {n} left out: {why}" for why, n in counts["left_out"].items())
+            lines += [
+                "",
+                f"Rows ({name}): {counts['given']} given, {counts['trained']} trained, {counts['fitted']} "
+                f"shortened to fit (sources first, then old turns){left}",
+            ]
         steps = [h for h in history if "loss" in h]
         if steps:
             lines += [

@@ -14,6 +14,7 @@ where the model disagrees with the feedback:
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from assistant import llamacpp
 from assistant.engine import LlamaCppEngine, Message
+from assistant.grounding import fit_grounded
 
 SHARPNESS = 4.0  # a 1 nat/token preference for the rejected reply scores 0.98, the reverse 0.02
 NEUTRAL = 0.5  # for rows longer than the context
@@ -39,11 +41,24 @@ class ModelScorer:
     def mean_logprob(self, prompt: list[Message], completion: list[Message]) -> float | None:
         """Mean log-probability per token of `completion` (end of turn included) after `prompt`; None when
         they do not fit the context."""
+        prompt = self._fitted(prompt, completion)
         prompt_text = self.engine.render(prompt)
         full_text = self.engine.render(prompt + completion, add_generation_prompt=False)
         if (prompt_text, full_text) not in self._seen:  # the same reply is often in several rows
             self._seen[prompt_text, full_text] = self._mean_logprob(prompt_text, full_text)
         return self._seen[prompt_text, full_text]
+
+    def _fitted(self, prompt: list[Message], completion: list[Message]) -> list[Message]:
+        """`prompt`, shortened as serving would (lowest-ranked uncited sources first) where it and the
+        completion do not fit the context together."""
+        engine = self.engine
+        full = engine.count_tokens(engine.render(prompt + completion, add_generation_prompt=False))
+        if full <= self.llm.n_ctx():
+            return prompt
+        reply = full - engine.count_tokens(engine.render(prompt))
+        cited = {int(n) for m in completion for n in re.findall(r"\[(\d+)\]", m["content"])}
+        budget = self.llm.n_ctx() - reply - 8
+        return fit_grounded(prompt, budget, lambda m: engine.count_tokens(engine.render(m)), cited).messages
 
     def _mean_logprob(self, prompt_text: str, full_text: str) -> float | None:
         prompt_ids, full_ids = self.engine.tokenize(prompt_text), self.engine.tokenize(full_text)

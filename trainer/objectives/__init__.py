@@ -10,8 +10,9 @@ returns TRL's log history (a list of dicts: loss, rewards/margins, ... per step)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -177,12 +178,14 @@ def fit(
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Train `model` with a TRL trainer on `rows` (their `columns`), save the adapter to `out` and return the
-    log history."""
+    log history, after an entry with the row counts (`RowFit`)."""
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
 
     _score_answer_positions_only()
-    rows = fit_rows(rows, tokenizer, args.max_length)
+    rows, fitting = fit_rows(rows, tokenizer, args.max_length)
+    if not rows:
+        raise NightjarError(f"nothing to train: {fitting.summary()}")
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -194,15 +197,39 @@ def fit(
     trainer.remove_callback(PrinterCallback)  # the log goes to the report, not to stdout
     trainer.train()
     trainer.model.save_pretrained(out)
-    return [dict(entry) for entry in trainer.state.log_history]
+    rows_entry = {"rows": {**asdict(fitting), "trained": fitting.trained}}  # the report's row counts
+    return [rows_entry, *(dict(entry) for entry in trainer.state.log_history)]
 
 
-def fit_rows(rows: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
+@dataclass
+class RowFit:
+    """What fitting did to a run's rows: how many came, were shortened, were left out and why."""
+
+    given: int = 0
+    fitted: int = 0  # shortened to fit max_length (sources, then old turns), trained
+    left_out: dict[str, int] = field(default_factory=dict)  # reason -> rows
+
+    @property
+    def trained(self) -> int:
+        return self.given - sum(self.left_out.values())
+
+    def summary(self) -> str:
+        out = (
+            f"{self.trained} of {self.given} row(s) trained, {self.fitted} shortened to fit train.max_length"
+        )
+        return out + "".join(f"; {n} left out: {why}" for why, n in self.left_out.items())
+
+
+_CITED = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+
+
+def fit_rows(rows: list[dict[str, Any]], tokenizer, max_length: int) -> tuple[list[dict[str, Any]], RowFit]:
     """`rows`, where a prompt and its longest answer exceed `max_length` tokens with the prompt shortened as
-    serving shortens a conversation (oldest turns first, then the start of the last message), leaving the
-    answer at least half the room. TRL would otherwise drop a row whose prompt fills `max_length` (a question
-    with its retrieved sources easily does) and keep only the start of the rest."""
-    from assistant.context import fit
+    serving gives up context (`assistant.grounding.fit_grounded`: uncited sources, then the tail of the last
+    source, then old turns; the question last), leaving the answer at least half the room. TRL would
+    otherwise drop a row whose prompt fills `max_length` (a question with its retrieved sources easily does)
+    and keep only the start of the rest. A row that still cannot fit is left out and counted."""
+    from assistant.grounding import fit_grounded
 
     def count(messages: list[dict[str, str]], add_generation_prompt: bool = True) -> int:
         ids = tokenizer.apply_chat_template(
@@ -210,16 +237,25 @@ def fit_rows(rows: list[dict[str, Any]], tokenizer, max_length: int) -> list[dic
         )["input_ids"]
         return len(ids)
 
-    fitted = []
+    fitted, report = [], RowFit(given=len(rows))
     for row in rows:
         prompt_len = count(row["prompt"])
         answers = [row[k] for k in ("chosen", "rejected", "completion") if k in row]
         answer_len = max(count(row["prompt"] + a, False) - prompt_len for a in answers)
         if prompt_len + answer_len > max_length:
             budget = max_length - min(answer_len, max_length // 2)
-            row = {**row, "prompt": fit(row["prompt"], budget, count).messages}
+            cited = {
+                int(n) for a in answers for m in a for g in _CITED.findall(m["content"]) for n in g.split(",")
+            }
+            cut = fit_grounded(row["prompt"], budget, count, cited)
+            if count(cut.messages) >= max_length:  # TRL would drop it: say so instead
+                why = "the question alone is longer than train.max_length"
+                report.left_out[why] = report.left_out.get(why, 0) + 1
+                continue
+            row = {**row, "prompt": cut.messages}
+            report.fitted += 1
         fitted.append(row)
-    return fitted
+    return fitted, report
 
 
 def _score_answer_positions_only() -> None:

@@ -22,13 +22,18 @@ Scorer = Callable[[Messages, Messages], float]
 def sample(
     model_path: Path, prompts: list[Messages], cfg: TrainConfig, progress: Progress | None = None
 ) -> list[list[str]]:
-    """`cfg.raft_k` answers to each prompt, sampled at `cfg.raft_temperature` with distinct seeds."""
+    """`cfg.raft_k` answers to each prompt, sampled at `cfg.raft_temperature` with distinct seeds (a prompt
+    longer than `cfg.eval_n_ctx` leaves room for the answer is shortened as serving would)."""
     from assistant.engine import GenParams, LlamaCppEngine, chat
+    from assistant.grounding import fit_grounded
 
     engine = LlamaCppEngine(model_path, n_ctx=cfg.eval_n_ctx, n_threads=cfg.threads, name="raft")
     answers: list[list[str]] = []
     total = len(prompts) * cfg.raft_k
+    budget = cfg.eval_n_ctx - cfg.raft_max_new_tokens
     for i, prompt in enumerate(prompts):
+        # a long grounded prompt gives up context as serving does: its lowest-ranked sources first
+        prompt = fit_grounded(prompt, budget, lambda m: engine.count_tokens(engine.render(m))).messages
         found = []
         for j in range(cfg.raft_k):
             params = GenParams(
