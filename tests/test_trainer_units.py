@@ -462,3 +462,37 @@ def test_a_scheduled_run_names_the_home_only_when_the_user_gave_one(home: Path, 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     default = config_mod.load(None, environ={})  # the default home: its config is ~/.config/nightjar's
     assert "--home" not in _command(default) and _command(default)[-2:] == ["train", "--scheduled"]
+
+
+def test_a_run_killed_after_publishing_has_its_rows_consumed_by_the_next(
+    config: config_mod.Config, model_path: Path, tmp_path: Path
+):
+    import shutil
+
+    from assistant import registry
+    from trainer.run import _clear_staging, _keep_only_published
+
+    with ReplayBuffer(config) as buf:
+        for n in range(3):
+            buf.add_preference(f"Question {n}?", f"Good {n}.", f"Bad {n}.")
+        rows = buf.rows("dpo", "train", only_unconsumed=True)
+    assert rows
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    shutil.copy(model_path, staging / registry.MODEL_FILE)
+    (staging / "rows.jsonl").write_text("".join(json.dumps({"kind": "dpo", **r}) + "\n" for r in rows))
+    for scratch in ("reward-model", "start"):  # a run's scratch: never part of a version
+        (staging / scratch).mkdir()
+        (staging / scratch / "weights.bin").write_bytes(b"x")
+    (staging / "model-F32.gguf").write_bytes(b"float export")
+    _keep_only_published(staging)
+    assert sorted(p.name for p in staging.iterdir()) == [registry.MODEL_FILE, "rows.jsonl"]
+    registry.publish(config, staging, {"objective": "dpo", "run_id": "run-killed"})  # ...and the kill here
+
+    _clear_staging(config)  # what the next run does first, under the lock
+    with ReplayBuffer(config) as buf:
+        assert buf.consumed("run-killed") == {"dpo": [r["id"] for r in rows]}
+        assert buf.rows("dpo", "train", only_unconsumed=True) == []
+    _clear_staging(config)  # done once: nothing is marked twice
+    with ReplayBuffer(config) as buf:
+        assert buf.consumed("run-killed") == {"dpo": [r["id"] for r in rows]}

@@ -106,8 +106,48 @@ def busy_reason(
 
 
 def _clear_staging(config: Config) -> None:
-    """Delete what killed runs left (we hold the lock: no live run owns anything here)."""
+    """Delete what killed runs left (we hold the lock: no live run owns anything here), and finish a run
+    killed between publishing its version and marking its rows consumed."""
     shutil.rmtree(config.models_dir / STAGING, ignore_errors=True)
+    _consume_published(config)
+
+
+PUBLISHED = {registry.MODEL_FILE, ADAPTER, LINEAGE, "rows.jsonl", "train_config.json"}  # + the report
+
+
+def _keep_only_published(staging: Path) -> None:
+    """Leave in a staging folder only what a version holds: the float export, the reward model, the GPU
+    path's float checkpoint and TRL's per-trainer output are scratch of the run, not part of the version."""
+    for path in staging.iterdir():
+        if path.name not in PUBLISHED:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for leftover in [p for p in staging.rglob("trainer") if p.is_dir()]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _consume_published(config: Config) -> None:
+    """Rows of a published version whose run died before marking them consumed are marked now (from the
+    version's rows.jsonl), so the next night does not train on them again."""
+    from assistant.feedback import ReplayBuffer
+
+    versions = [v for v in registry.versions(config) if v.name != registry.BASE]
+    with ReplayBuffer(config) as buffer:
+        for version in versions:
+            run_id, rows = version.meta.get("run_id"), version.path / "rows.jsonl"
+            if not run_id or not rows.is_file() or buffer.consumed(run_id):
+                continue
+            used: dict[str, list[str]] = {}
+            for line in rows.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                used.setdefault(row["kind"], []).append(row["id"])
+            for kind, ids in used.items():
+                buffer.mark_consumed(run_id, kind, ids)
+            log.info(
+                "run %s: marked the %d rows of %s consumed",
+                run_id,
+                sum(map(len, used.values())),
+                version.name,
+            )
 
 
 def _check_disk(config: Config, base_gguf: Path) -> None:
@@ -312,9 +352,7 @@ def _locked(config: Config, run_id: str, dry_run: bool, scheduled: bool, console
         reason = busy_reason(cfg.max_load, cfg.busy, cfg.busy_wait_minutes)
         if reason:
             log.info("run %s skipped: %s", run_id, reason)
-            runs.log_event(
-                config, {"run": run_id, "event": "end", "outcome": "skipped", "reasons": [reason]}
-            )
+            runs.log_event(config, {"run": run_id, "event": "end", "outcome": "skipped", "reasons": [reason]})
             return RunResult(run_id, "skipped", reasons=[reason])
     if dry_run:
         return _run(config, run_id, dry_run, console)
@@ -494,8 +532,7 @@ def _run(config: Config, run_id: str, dry_run: bool, console) -> RunResult:
                         for r in batch.train_rows(kind)
                     )
             (staging / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
-            for leftover in [p for p in staging.rglob("trainer") if p.is_dir()]:
-                shutil.rmtree(leftover, ignore_errors=True)
+            _keep_only_published(staging)
             report.write(staging, record)
             meta = {
                 "objective": "+".join(objectives),
