@@ -8,7 +8,7 @@ import pytest
 
 from assistant.config import Config
 from assistant.feedback import ReplayBuffer
-from assistant.feedback.scoring import ModelScorer
+from assistant.feedback.scoring import NEUTRAL, ModelScorer
 
 PROMPT = [
     {"role": "system", "content": "Answer briefly."},
@@ -34,8 +34,9 @@ def test_the_model_is_scored_on_what_it_gets_wrong(scorer: ModelScorer):
         abs(good + bad - 1) < 1e-9 and bad > good
     )  # the model likes this answer: calling it bad teaches more
     assert scorer({"prompt": PROMPT, "completion": WRONG}) > scorer({"prompt": PROMPT, "completion": RIGHT})
-    too_long = [{"role": "user", "content": "word " * 2000}]
-    assert scorer({"prompt": too_long, "completion": RIGHT}) == 0.5
+    too_long = [{"role": "user", "content": "word " * 2000}]  # longer than the context: shortened, scored
+    assert scorer.mean_logprob(too_long, RIGHT) is not None
+    assert scorer({"prompt": too_long, "completion": RIGHT}) != NEUTRAL
 
 
 def test_a_shared_prompt_is_evaluated_once_and_scores_as_if_alone(model_path: Path, scorer: ModelScorer):
@@ -43,7 +44,8 @@ def test_a_shared_prompt_is_evaluated_once_and_scores_as_if_alone(model_path: Pa
     alone = ModelScorer(model_path, n_ctx=512)._mean_logprob(
         scorer.engine.render(PROMPT), scorer.engine.render(PROMPT + other, add_generation_prompt=False)
     )
-    scorer.mean_logprob(PROMPT, RIGHT)
+    render = scorer.engine.render
+    scorer._mean_logprob(render(PROMPT), render(PROMPT + RIGHT, add_generation_prompt=False))  # in context
     evaluated = []
     original = scorer.llm.eval
     scorer.llm.eval = lambda ids: (evaluated.append(len(ids)), original(ids))
