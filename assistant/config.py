@@ -376,7 +376,7 @@ def load(
     if not 0 <= config.feedback.holdout_fraction < 1:
         fraction = config.feedback.holdout_fraction
         raise ConfigError(f"feedback.holdout_fraction must be at least 0 and below 1, got {fraction}")
-    problems = config.model.check() + config.server.check()
+    problems = config.model.check() + config.retrieval.check() + config.server.check()
     if problems:
         raise ConfigError("; ".join(problems))
     return config

@@ -1,7 +1,8 @@
-"""The model engine: one small interface, served in-process by llama.cpp.
+"""The model engine: one small interface, served in-process by llama.cpp or by a model server.
 
-`Engine` is what the rest of Nightjar talks to; `LlamaCppEngine` serves a local GGUF. A later engine for an
-OpenAI-compatible server implements the same few methods.
+`Engine` is what the rest of Nightjar talks to; `LlamaCppEngine` serves a local GGUF, and
+`assistant.remote_engine.RemoteEngine` an OpenAI-compatible server with the same few methods. `create_engine`
+builds the one `[model] backend` names.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from assistant import llamacpp
 from assistant.errors import ModelFileError
 from assistant.modelfile import check_gguf
+
+if TYPE_CHECKING:
+    from assistant.config import ModelConfig
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": ...}
 
@@ -194,6 +198,29 @@ class LlamaCppEngine:
             grammar=self._grammar(grammar, json_schema),
         )
         return Generation(pieces, len(tokens), self.count_tokens)
+
+
+def create_engine(model: ModelConfig, model_path: Path | str, *, name: str | None = None) -> Engine:
+    """The engine `[model] backend` asks for, serving the GGUF `model_path`.
+
+    llamacpp: in-process. openai: the OpenAI-compatible server at `model.url`, with prompts rendered and
+    counted by `model_path`'s chat template and tokenizer (the server must serve that model).
+    """
+    if model.backend == "openai":
+        from assistant.remote_engine import RemoteEngine
+
+        return RemoteEngine(
+            model.url,
+            model_path,
+            model=model.model,
+            api_key=model.api_key,
+            constraints=model.constraints,
+            n_ctx=model.n_ctx,
+            name=name,
+        )
+    return LlamaCppEngine(
+        model_path, n_ctx=model.n_ctx, n_threads=model.n_threads, n_gpu_layers=model.n_gpu_layers, name=name
+    )
 
 
 def chat(engine: Engine, messages: list[Message], params: GenParams, **constraints: Any) -> Generation:

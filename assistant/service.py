@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from assistant import registry, runs, schedule
 from assistant.config import Config
 from assistant.context import fit_messages
-from assistant.engine import Engine, GenParams, LlamaCppEngine, Message
+from assistant.engine import Engine, GenParams, Message, create_engine
 from assistant.errors import NightjarError
 from assistant.feedback import ConversationSummary, FeedbackStore, Interaction
 from assistant.grounding import DONT_KNOW, DocumentAccess, ground, strip_citations, user_errors
@@ -86,14 +86,8 @@ class Assistant:
 
     @cached_property
     def engine(self) -> Engine:
-        m = self.config.model
-        return LlamaCppEngine(
-            self.model_path,
-            n_ctx=m.n_ctx,
-            n_threads=m.n_threads,
-            n_gpu_layers=m.n_gpu_layers,
-            name=self.model_version,
-        )
+        """In-process llama.cpp, or the model server `[model] backend = "openai"` names."""
+        return create_engine(self.config.model, self.model_path, name=self.model_version)
 
     @cached_property
     def documents(self) -> DocumentAccess:
@@ -186,12 +180,14 @@ class Assistant:
             documents=documents,
             options=self.config.reasoning,
         )
+        told = len(getattr(self.engine, "notices", []))  # a remote engine's notes (e.g. no JSON schemas)
         if grounding.unanswerable and not own_sources:  # nothing relevant to answer from: say so
             outcome = Outcome(DONT_KNOW, "", fitted.messages, strategy=strategy)
             if on_token is not None:
                 on_token(DONT_KNOW)
         else:
             outcome = run_strategy(strategy, task)
+        notices += getattr(self.engine, "notices", [])[told:]
         checked = grounding.finish(outcome.text)  # also flushes the stream
         if outcome.sources is not None:  # the strategy numbered the sources it cites: [1]..[m] of its own
             checked = strip_citations(outcome.text, len(outcome.sources)).strip()

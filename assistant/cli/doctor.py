@@ -77,6 +77,39 @@ def _retrieval_rows(cfg: config_mod.Config) -> list[tuple[str, str]]:
     return rows
 
 
+def _model_rows(cfg: config_mod.Config) -> list[tuple[str, str]]:
+    """Where the model runs; for a model server, whether it answers (the only network doctor uses)."""
+    m = cfg.model
+    if m.backend != "openai":
+        return [("  backend", "llamacpp (in-process)")]
+    from assistant.errors import NightjarError
+    from assistant.remote_engine import api_key_source, constraint_mode, probe
+
+    rows = [
+        ("  backend", "openai: a model server; prompts are rendered and counted with the GGUF above"),
+        ("  url", m.url),
+        ("  server model", m.model or "(the one it serves)"),
+        ("  API key", api_key_source(m.api_key)),
+    ]
+    try:
+        info = probe(m.url, m.api_key)
+    except NightjarError as exc:
+        rows.append(("  server", f"NOT ANSWERING: {exc}"))
+        rows.append(("  constraints", m.constraints))
+        return rows
+    rows.append(("  server", f"answers: {info.describe()}"))
+    if not m.model and len(info.models) == 1:
+        rows[2] = ("  server model", f"{info.models[0]} (the one it serves)")
+    mode = constraint_mode(m.constraints, info)
+    how = {
+        "llamacpp": "GBNF grammar field",
+        "vllm": "vLLM structured outputs",
+        "none": "none: react's and tot's constrained steps run unconstrained, checked",
+    }[mode]
+    rows.append(("  constraints", f"{mode} ({how})" + (" [auto]" if m.constraints == "auto" else "")))
+    return rows
+
+
 @cli.command()
 @pass_state
 def doctor(state: State) -> None:
@@ -97,6 +130,7 @@ def doctor(state: State) -> None:
         ("  details", f"{info.name}; arch {info.architecture}; {info.quantization}; {_size(info.size_bytes)}")
     )
     rows.append(("  chat template", "from GGUF metadata" if info.chat_template else "MISSING"))
+    rows += _model_rows(cfg)
     rows += _retrieval_rows(cfg)
     build = llamacpp.build_info()
     rows.append(("llama.cpp", f"llama-cpp-python {llama_cpp.__version__}"))

@@ -71,6 +71,8 @@ def train(state: State, objective: str | None, dry_run: bool, show_report: bool,
         return
     if result.outcome == "published":
         click.echo(f"published {result.version}: it answers from now on (`nightjar models` lists versions)")
+        for line in model_server_hint(config, result.version):
+            click.echo(line)
     elif result.outcome == "rejected":
         click.echo("the new model was not better, so the served model stays:")
     else:
@@ -79,6 +81,21 @@ def train(state: State, objective: str | None, dry_run: bool, show_report: bool,
         click.echo(f"  {reason}")
     if result.report_dir:
         click.echo(f"report: {result.report_dir / 'report.md'}")
+
+
+def model_server_hint(config, version: str) -> list[str]:
+    """With `[model] backend = "openai"`, how to make the model server load a newly published version (a
+    server loads its GGUF at start; Nightjar renders prompts with the new one from now on)."""
+    if config.model.backend != "openai":
+        return []
+    from assistant import registry
+
+    gguf = registry.get(config, version).gguf
+    return [
+        f"  the model server at {config.model.url} still serves the previous model: restart it on {gguf}",
+        f"  e.g. `llama-server -m {gguf} --port 8080`; Ollama: `FROM {gguf}` in the Modelfile (README, "
+        "Remote model), then `ollama create NAME -f Modelfile`",
+    ]
 
 
 @cli.command()
