@@ -14,8 +14,12 @@ each in its own process so that peak RAM is per task:
    by the real MiniLM. Wall-clock and CPU-time p50/p95 (targets: p50 <= 30 ms, p95 <= 100 ms), and exact
    (flat) search on the same vectors for comparison. Peak RAM of serving and of building (target <= 1.5 GB).
 4. baseline: rank-bm25 (the scoring reference) scoring the same chunks per query.
+5. with --store qdrant: 2. and 3. again with `retrieval.store = "qdrant"` (qdrant-client's embedded mode) on
+   the same documents, in the same run, and the two stores side by side: indexing throughput, hybrid query
+   p50/p95, the vector search alone, index load time and peak RAM.
 
     python benchmarks/retrieval_speed.py [--chunks 100000] [--throughput-chunks 300] [--queries 200]
+                                         [--store faiss|qdrant]
 """
 
 from __future__ import annotations
@@ -160,6 +164,10 @@ def phase_throughput(args) -> dict:
     }
 
 
+def index_folder(n_docs: int, store: str) -> Path:
+    return OUT / (f"scale-{n_docs}.index" if store == "faiss" else f"scale-{n_docs}.{store}.index")
+
+
 def phase_build(args) -> dict:
     from retrieval.config import RetrievalConfig, embedded_embedder_path
     from retrieval.embedder import SentenceTransformerEmbedder
@@ -172,9 +180,9 @@ def phase_build(args) -> dict:
     real = SentenceTransformerEmbedder(embedded_embedder_path())
     real.embed(["load the model, as a real run has it in memory"])
     stand_in = HashingEmbedder(real)
-    target = OUT / f"scale-{n_docs}.index"
+    target = index_folder(n_docs, args.store)
     shutil.rmtree(target, ignore_errors=True)
-    index = Index(target, RetrievalConfig(), embedder=stand_in)
+    index = Index(target, RetrievalConfig(store=args.store), embedder=stand_in)
     report = update(index, [folder])
     docs, chunks = index.catalog.counts()
     return {
@@ -208,7 +216,7 @@ def phase_serve(args) -> dict:
 
     real = SentenceTransformerEmbedder(embedded_embedder_path())
     stand_in = HashingEmbedder(real)  # only its name matters here: the index was built with it
-    index = Index(Path(args.index), RetrievalConfig(), embedder=stand_in)
+    index = Index(Path(args.index), RetrievalConfig(store=args.store), embedder=stand_in)
     start = time.perf_counter()
     snap = index.snapshot()
     load_s = time.perf_counter() - start
@@ -293,6 +301,8 @@ def run_phase(name: str, args, **extra) -> dict:
         str(args.throughput_chunks),
         "--queries",
         str(args.queries),
+        "--store",
+        extra.pop("store", "faiss"),
     ]
     for key, value in extra.items():
         cmd += [f"--{key}", str(value)]
@@ -311,6 +321,12 @@ def main() -> None:
     parser.add_argument("--throughput-chunks", type=int, default=300, help="chunks embedded for real in 1.")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--skip-baseline", action="store_true", help="do not run rank-bm25 (slow, large)")
+    parser.add_argument(
+        "--store",
+        choices=("faiss", "qdrant"),
+        default="faiss",
+        help="qdrant: also build and serve the same documents with retrieval.store = qdrant, and compare",
+    )
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -373,6 +389,26 @@ def main() -> None:
             f"p50 {r['p50']:.1f} ms per query; Nightjar's BM25 {s['bm25_p50']:.1f} ms "
             f"({r['p50'] / max(s['bm25_p50'], 1e-6):.0f}x faster)"
         )
+
+    if args.store == "qdrant":
+        qb = run_phase("build", args, store="qdrant")
+        qs = run_phase("serve", args, index=qb["index"], store="qdrant")
+        print(f"\n5. the same {qb['docs']} documents, {qb['chunks']} chunks, with retrieval.store = qdrant")
+        print("   (qdrant-client's embedded mode) against FAISS")
+        rows = [
+            ("indexing, whole pipeline", "chunks/s", lambda x, y: x["chunks"] / x["seconds"]),
+            ("indexing, without embedding", "chunks/s", lambda x, y: x["chunks"] / x["pipeline_seconds"]),
+            ("hybrid query wall p50", "ms", lambda x, y: y["wall_p50"]),
+            ("hybrid query wall p95", "ms", lambda x, y: y["wall_p95"]),
+            ("hybrid query CPU p50", "ms", lambda x, y: y["cpu_p50"]),
+            ("vector top-50 alone p50", "ms", lambda x, y: y["ann_p50"]),
+            ("index load (first query)", "s", lambda x, y: y["load_s"]),
+            ("peak RAM building", "MB", lambda x, y: x["peak_rss_mb"]),
+            ("peak RAM serving", "MB", lambda x, y: y["peak_rss_mb"]),
+        ]
+        print(f"   {'':40} {'FAISS (' + s['kind'] + ')':>14} {'Qdrant':>14}")
+        for label, unit, value in rows:
+            print(f"   {label + ' (' + unit + ')':40} {value(b, s):14.1f} {value(qb, qs):14.1f}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 VECTOR_INDEXES = ("auto", "flat", "ivf", "hnsw")
 BM25_BACKENDS = ("numpy", "numba")
+STORES = ("faiss", "qdrant")
 
 
 def embedded_embedder_path() -> str:
@@ -41,9 +42,35 @@ class RetrievalConfig:
     # question in ten (GSM8K, HH-RLHF) finds something that does.
     min_relevance: float = 0.40
     min_keyword_coverage: float = 0.60
-    vector_index: str = "auto"  # flat (exact), ivf or hnsw (approximate); auto: flat below ann_threshold
+    store: str = "faiss"  # vector store: faiss (files in the index folder) or qdrant
+    vector_index: str = "auto"  # faiss: flat (exact), ivf or hnsw (approximate); auto: flat below
+    # ann_threshold chunks, ivf above
     ann_threshold: int = 50_000
+    qdrant_url: str = ""  # qdrant: a server URL; empty: the embedded Qdrant (a folder in the index folder)
+    qdrant_api_key: str = ""  # qdrant server: its API key, if it asks for one
     bm25_backend: str = "numpy"  # bm25s scoring backend; numba is JIT-compiled anew in every process
+
+    def check(self) -> list[str]:
+        """Problems with the values, one line each (the config loader and the index report them)."""
+        problems = []
+        if self.store not in STORES:
+            problems.append(f"retrieval.store must be one of {', '.join(STORES)}, not '{self.store}'")
+        if self.vector_index not in VECTOR_INDEXES:
+            kinds = ", ".join(VECTOR_INDEXES)
+            problems.append(f"retrieval.vector_index must be one of {kinds}, not '{self.vector_index}'")
+        if self.bm25_backend not in BM25_BACKENDS:
+            problems.append(f"retrieval.bm25_backend must be one of {', '.join(BM25_BACKENDS)}")
+        if not 0 <= self.chunk_overlap < 0.9:
+            problems.append("retrieval.chunk_overlap is a fraction of the chunk: between 0 and 0.9")
+        if self.chunk_tokens < 16:
+            problems.append("retrieval.chunk_tokens must be at least 16")
+        url = self.qdrant_url.strip()
+        if url and (not url.startswith(("http://", "https://")) or url != self.qdrant_url):
+            problems.append(
+                f"retrieval.qdrant_url '{self.qdrant_url}' is not a Qdrant server address like "
+                "http://localhost:6333 (empty: the embedded Qdrant)"
+            )
+        return problems
 
     def embedder_path(self) -> str:
         return self.embedder or embedded_embedder_path()

@@ -1,15 +1,19 @@
-"""The index: the SQLite catalog plus, per generation, a FAISS file and a BM25 folder derived from it.
+"""The index: the SQLite catalog plus, per generation, a vector store and a BM25 folder derived from it.
 
 Files in the index folder:
     catalog.db            documents, chunks, embeddings, metadata (the source of truth)
-    vectors.<gen>.faiss   the vector store of generation <gen>
+    vectors.<gen>.faiss   the vector store of generation <gen> (retrieval.store = "faiss", the default)
+    qdrant/, qdrant.json  the Qdrant collection and its state (retrieval.store = "qdrant", qdrant_store.py)
     bm25.<gen>/           the BM25 index of generation <gen>
     lock                  held by the one process that writes (index, forget)
 
 A writer builds generation N+1's files next to N's, each written to a temporary name, fsync'd and renamed
 into place, then commits N+1 in the catalog, then deletes N's files. Readers load the files of the generation
 the catalog names; if they are missing (a crash at the wrong moment, files deleted by hand) they are rebuilt
-from the catalog.
+from the catalog. The vector store is reached through `retrieval.vectors.StoreBackend` (`open_store` picks
+it from the config): FAISS writes one file per generation as above; a Qdrant collection is updated in place
+and brought back in step with the catalog when a writer died midway. Switching `retrieval.store` builds the
+new store from the catalog's stored embeddings: nothing is embedded again.
 """
 
 from __future__ import annotations
@@ -28,32 +32,25 @@ import numpy as np
 
 from retrieval.bm25 import BM25Index
 from retrieval.catalog import Catalog, Doc
-from retrieval.config import BM25_BACKENDS, VECTOR_INDEXES, RetrievalConfig
+from retrieval.config import RetrievalConfig
 from retrieval.embedder import Embedder, embedder_for
 from retrieval.errors import RetrievalError
-from retrieval.vectors import FaissStore, choose_kind
+from retrieval.vectors import StoreBackend, VectorStore, open_store
 
 CATALOG = "catalog.db"
 _ARTIFACT = re.compile(r"^(vectors\.(\d+)\.faiss|bm25\.(\d+))$")
 
 
 def check_config(config: RetrievalConfig) -> None:
-    if config.vector_index not in VECTOR_INDEXES:
-        raise RetrievalError(
-            f"retrieval.vector_index must be one of {', '.join(VECTOR_INDEXES)}, not '{config.vector_index}'"
-        )
-    if config.bm25_backend not in BM25_BACKENDS:
-        raise RetrievalError(f"retrieval.bm25_backend must be one of {', '.join(BM25_BACKENDS)}")
-    if not 0 <= config.chunk_overlap < 0.9:
-        raise RetrievalError("retrieval.chunk_overlap is a fraction of the chunk: between 0 and 0.9")
-    if config.chunk_tokens < 16:
-        raise RetrievalError("retrieval.chunk_tokens must be at least 16")
+    problems = config.check()
+    if problems:
+        raise RetrievalError("; ".join(problems))
 
 
 @dataclass
 class Snapshot:
     generation: int
-    vectors: FaissStore
+    vectors: VectorStore
     bm25: BM25Index
 
     def __post_init__(self) -> None:
@@ -87,6 +84,11 @@ class Index:
     @cached_property
     def catalog(self) -> Catalog:
         return Catalog(self.folder / CATALOG)
+
+    @cached_property
+    def stores(self) -> StoreBackend:
+        """Where the vectors are kept: FAISS files or a Qdrant collection (retrieval.store)."""
+        return open_store(self.config, self.folder)
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -123,35 +125,40 @@ class Index:
         return sorted(self.catalog.live_docs().values(), key=lambda d: d.path)
 
     # ---- reading ----
-    def _paths(self, generation: int) -> tuple[Path, Path]:
-        return self.folder / f"vectors.{generation}.faiss", self.folder / f"bm25.{generation}"
+    def _bm25_path(self, generation: int) -> Path:
+        return self.folder / f"bm25.{generation}"
 
     def snapshot(self) -> Snapshot:
         """The search structures of the catalog's current generation (cached until it changes)."""
         generation = self.catalog.generation()
         if self._snapshot is not None and self._snapshot.generation == generation:
             return self._snapshot
+        vectors = None
         for _ in range(3):
-            vec_path, bm25_path = self._paths(generation)
             try:
-                snap = Snapshot(
-                    generation,
-                    FaissStore.load(vec_path),
-                    BM25Index.load(bm25_path, backend=self.config.bm25_backend),
-                )
-                self._snapshot = snap
-                return snap
+                vectors = self.stores.load(generation, self.catalog, self.writing)
+                bm25 = BM25Index.load(self._bm25_path(generation), backend=self.config.bm25_backend)
+                self._snapshot = Snapshot(generation, vectors, bm25)
+                return self._snapshot
+            except RetrievalError:  # a store that cannot be reached: rebuilding would not help
+                raise
             except Exception:  # missing (a writer just replaced them) or damaged: look again, then rebuild
                 newer = self.catalog.generation()
                 if newer == generation:
                     break
                 generation = newer
-        self._snapshot = self._rebuild(generation)
+                if self.stores.per_generation:  # what was loaded belongs to the older generation
+                    vectors = None
+        self._snapshot = self._rebuild(generation, vectors)
         return self._snapshot
 
-    def _rebuild(self, generation: int) -> Snapshot:
+    def _rebuild(self, generation: int, vectors: VectorStore | None = None) -> Snapshot:
+        """Rebuild from the catalog what could not be loaded: the BM25 index, and the vectors unless given."""
         live = [d.id for d in self.catalog.live_docs().values()]
-        vectors, bm25 = self._build(live, None, [], [])
+        if vectors is None:
+            vectors, bm25 = self._build(live, None, [], [])
+        else:
+            bm25 = BM25Index.build(self.catalog.texts_of_docs(live), backend=self.config.bm25_backend)
         with contextlib.suppress(RetrievalError), self.writing():
             if self.catalog.generation() == generation:
                 self._write(generation, vectors, bm25)
@@ -178,15 +185,15 @@ class Index:
     def _build(
         self,
         keep_docs: list[int],
-        base: FaissStore | None,
+        base: VectorStore | None,
         drop_chunks: np.ndarray | list,
         add_docs: list[int],
-    ) -> tuple[FaissStore, BM25Index]:
+    ) -> tuple[VectorStore, BM25Index]:
         """Search structures for the live documents `keep_docs` + `add_docs`: the vector store updated from
         `base` when it still fits (else rebuilt from the catalog's embeddings); BM25 rebuilt from texts."""
         all_docs = list(keep_docs) + list(add_docs)
         n = self.catalog.count_chunks(all_docs)
-        kind = choose_kind(self.config.vector_index, n, self.config.ann_threshold)
+        kind = self.stores.kind(n)
         if base is not None and len(base) and base.fits(kind, n):
             base.remove(np.asarray(drop_chunks, dtype=np.int64))
             new_ids, new_vectors = self.catalog.vectors_of_docs(add_docs, self.dim())
@@ -195,18 +202,15 @@ class Index:
         else:
             dim = self.dim() if n else int(self.catalog.meta("dim") or 0) or 1
             all_ids, all_vectors = self.catalog.vectors_of_docs(all_docs, dim)
-            vectors = FaissStore.create(dim, kind, train=all_vectors)
+            vectors = self.stores.create(dim, kind, train=all_vectors)
             vectors.add(all_ids, all_vectors)
             del all_ids, all_vectors
         bm25 = BM25Index.build(self.catalog.texts_of_docs(all_docs), backend=self.config.bm25_backend)
         return vectors, bm25
 
-    def _write(self, generation: int, vectors: FaissStore, bm25: BM25Index) -> None:
-        vec_path, bm25_path = self._paths(generation)
-        tmp_vec = self.folder / f".{vec_path.name}.tmp"
-        vectors.save(tmp_vec)
-        _fsync(tmp_vec)
-        os.replace(tmp_vec, vec_path)
+    def _write(self, generation: int, vectors: VectorStore, bm25: BM25Index) -> None:
+        self.stores.save(vectors, generation)
+        bm25_path = self._bm25_path(generation)
         tmp_dir = self.folder / f".{bm25_path.name}.tmp"
         shutil.rmtree(tmp_dir, ignore_errors=True)
         tmp_dir.mkdir()
@@ -235,11 +239,12 @@ class Index:
         dropped = set(drop)
         keep = [i for i in live if i not in dropped]
         base = None
-        with contextlib.suppress(Exception):  # no usable previous vector file: rebuild from the catalog
-            base = FaissStore.load(self._paths(current)[0]) if current else None
+        with contextlib.suppress(Exception):  # no usable previous vector store: rebuild from the catalog
+            base = self.stores.base(current, catalog)
         vectors, bm25 = self._build(keep, base, catalog.chunk_ids_of(drop), activate)
         self._write(current + 1, vectors, bm25)
         catalog.publish(current + 1, activate, drop, moves, meta or {})
+        self.stores.committed(vectors, current + 1)
         self._snapshot = Snapshot(current + 1, vectors, bm25)
         self._clean(current + 1)
 

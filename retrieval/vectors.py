@@ -1,20 +1,29 @@
-"""The vector store: one small interface (add/remove/search/save/load), FAISS behind it.
+"""The vector store: one small interface (add/remove/search), FAISS or Qdrant behind it.
 
-Vectors are L2-normalized, so inner product is cosine similarity. Kinds:
+Vectors are L2-normalized, so inner product is cosine similarity. FAISS kinds:
 - flat: exact search (the default while the collection is small),
 - ivf: an inverted file (k-means cells; a query scans the nearest few cells), approximate and cheap to update,
 - hnsw: a graph index, approximate and fast to query, but removing vectors means rebuilding it.
-A Qdrant (or any other) store can implement the same `VectorStore` protocol.
+
+A `StoreBackend` says how an index keeps its store from one generation to the next: FAISS writes one file per
+generation (`FaissBackend`); Qdrant keeps one collection that is updated in place (retrieval/qdrant_store.py).
+`open_store` picks the backend that `retrieval.store` names.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from retrieval.catalog import Catalog
+    from retrieval.config import RetrievalConfig
 
 
 class VectorStore(Protocol):
@@ -23,6 +32,9 @@ class VectorStore(Protocol):
 
     def __len__(self) -> int: ...
 
+    def fits(self, kind: str, n: int) -> bool:
+        """Whether it can hold n vectors as `kind` without a rebuild."""
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
 
     def remove(self, ids: np.ndarray) -> None: ...
@@ -30,10 +42,45 @@ class VectorStore(Protocol):
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of the k nearest vectors, best first."""
 
-    def save(self, path: Path) -> None: ...
 
-    @classmethod
-    def load(cls, path: Path) -> VectorStore: ...
+Lock = Callable[[], contextlib.AbstractContextManager]
+
+
+class StoreBackend(Protocol):
+    """How an index keeps its vector store across generations (see retrieval/index.py). The index calls
+    `base`, `create`, `save` and `committed` while it holds its write lock; `load` without it."""
+
+    name: str
+    per_generation: bool  # one store per generation (FAISS files), or one kept up to date in place
+
+    def kind(self, n: int) -> str:
+        """The kind of store for n vectors."""
+
+    def load(self, generation: int, catalog: Catalog, lock: Lock) -> VectorStore:
+        """The store of the committed `generation`, to search. Raises RetrievalError when the store cannot
+        be reached (rebuilding would not help), any other exception when it is missing or damaged (the
+        index then rebuilds it from the catalog)."""
+
+    def base(self, generation: int, catalog: Catalog) -> VectorStore | None:
+        """The store of `generation`, for a writer to update into the next one; None: build a new one."""
+
+    def create(self, dim: int, kind: str, train: np.ndarray | None = None) -> VectorStore:
+        """An empty store (IVF learns its cells from `train`)."""
+
+    def save(self, store: VectorStore, generation: int) -> None:
+        """Make `store` durable as `generation`'s, before the catalog commits that generation."""
+
+    def committed(self, store: VectorStore, generation: int) -> None:
+        """The catalog has committed `generation`, whose store is `store`."""
+
+
+def open_store(config: RetrievalConfig, folder: Path) -> StoreBackend:
+    """The backend `retrieval.store` names, for the index in `folder`."""
+    if config.store == "qdrant":
+        from retrieval.qdrant_store import QdrantBackend
+
+        return QdrantBackend(folder, config.qdrant_url, config.qdrant_api_key)
+    return FaissBackend(folder, config.vector_index, config.ann_threshold)
 
 
 def choose_kind(setting: str, n: int, threshold: int) -> str:
@@ -155,3 +202,50 @@ class FaissStore:
         if isinstance(index, faiss.IndexIVFFlat):
             return cls(index, "ivf")
         return cls(index, "hnsw" if isinstance(inner, faiss.IndexHNSWFlat) else "flat")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FaissBackend:
+    """One FAISS file per generation, `vectors.<gen>.faiss` in the index folder: a writer loads the current
+    generation's file, updates it in memory and writes it under the next generation's name; readers load
+    the file of the generation the catalog names."""
+
+    name = "faiss"
+    per_generation = True
+
+    def __init__(self, folder: Path, setting: str = "auto", threshold: int = 50_000) -> None:
+        self.folder = Path(folder)
+        self.setting = setting
+        self.threshold = threshold
+
+    def path(self, generation: int) -> Path:
+        return self.folder / f"vectors.{generation}.faiss"
+
+    def kind(self, n: int) -> str:
+        return choose_kind(self.setting, n, self.threshold)
+
+    def load(self, generation: int, catalog: Catalog, lock: Lock) -> FaissStore:
+        return FaissStore.load(self.path(generation))
+
+    def base(self, generation: int, catalog: Catalog) -> FaissStore | None:
+        return FaissStore.load(self.path(generation)) if generation else None
+
+    def create(self, dim: int, kind: str, train: np.ndarray | None = None) -> FaissStore:
+        return FaissStore.create(dim, kind, train=train)
+
+    def save(self, store: FaissStore, generation: int) -> None:
+        path = self.path(generation)
+        tmp = self.folder / f".{path.name}.tmp"
+        store.save(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+
+    def committed(self, store: FaissStore, generation: int) -> None:
+        pass

@@ -15,6 +15,12 @@ Kill-safety: all work happens in `<models>/.staging/<run>`, which only `registry
 file keeps runs apart (the kernel drops it when a run dies); a new run deletes what dead runs left. Rows are
 marked consumed only after a publish or a recorded rejection, so a killed run leaves the buffer as it was.
 
+Several processes (`accelerate launch --num_processes N -m assistant train`, WORLD_SIZE > 1): every process
+runs the command; the main one takes the lock, clears staging, logs the run, reads the rows and builds the
+master, then sends the others (`Processes.send`) the run id, the rows and the master. All of them train each
+adapter together (data-parallel, through transformers' Trainer), the main process alone writes it; the others
+then return, and the main one merges, exports, quantizes, evaluates and publishes as a single process does.
+
 Fault tests: NIGHTJAR_FAULT_KILL_AT="<stage>[+seconds]" makes the run SIGKILL itself that long into a stage.
 """
 
@@ -59,6 +65,52 @@ class RunResult:
     reasons: list[str] = field(default_factory=list)
     report_dir: Path | None = None
     plan: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- one process, or several under `accelerate launch` ----
+@dataclass
+class Processes:
+    """The processes running this command: one (plain `nightjar train`) or several (`accelerate launch`).
+    Rank 0 is the main process; `state` is accelerate's PartialState when there are several."""
+
+    count: int = 1
+    rank: int = 0
+    state: Any = None
+    sent: bool = False  # the main process has sent the others the run (or told them to stop)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, value: Any) -> Any:
+        """The main process's `value`, on every process (the others pass anything); collective."""
+        if self.count == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        box = [value]
+        broadcast_object_list(box, from_process=0)
+        return box[0]
+
+    def send(self, go: dict[str, Any] | None) -> None:
+        """Main process: give the others the run to train (None: there is nothing for them to do)."""
+        if self.count > 1 and self.main and not self.sent:
+            self.sent = True
+            self.share(go)
+
+
+def processes(environ=os.environ) -> Processes:
+    """This command's processes: accelerate's view of them only when launched with WORLD_SIZE > 1, so that a
+    single process imports neither accelerate nor torch.distributed here."""
+    from trainer.objectives import world_size
+
+    if world_size(environ) <= 1:
+        return Processes()
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # gloo between CPU processes, else NCCL
+    return Processes(state.num_processes, state.process_index, state)
 
 
 # ---- the lock, the load check, the staging area ----
@@ -320,11 +372,21 @@ def train(
     problems = cfg.check()
     if problems:
         raise NightjarError("; ".join(problems))
+    procs = processes()
+    if not procs.main:
+        return _follow(config, procs)
+    try:
+        return _main(config, dry_run, scheduled, console, procs)
+    finally:
+        procs.send(None)  # the others wait for the run; if it never reached them, they stop
+
+
+def _main(config: Config, dry_run: bool, scheduled: bool, console, procs: Processes) -> RunResult:
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     with run_lock(config):
-        handler = _log_to_file(config)
+        handler = _log_to_file(config, procs)
         try:
-            return _locked(config, run_id, dry_run, scheduled, console)
+            return _locked(config, run_id, dry_run, scheduled, console, procs)
         except Exception as exc:
             if not dry_run:
                 shutil.rmtree(config.models_dir / STAGING / run_id, ignore_errors=True)
@@ -346,7 +408,9 @@ def train(
             handler.close()
 
 
-def _locked(config: Config, run_id: str, dry_run: bool, scheduled: bool, console) -> RunResult:
+def _locked(
+    config: Config, run_id: str, dry_run: bool, scheduled: bool, console, procs: Processes
+) -> RunResult:
     cfg = config.train
     if scheduled:
         reason = busy_reason(cfg.max_load, cfg.busy, cfg.busy_wait_minutes)
@@ -355,28 +419,30 @@ def _locked(config: Config, run_id: str, dry_run: bool, scheduled: bool, console
             runs.log_event(config, {"run": run_id, "event": "end", "outcome": "skipped", "reasons": [reason]})
             return RunResult(run_id, "skipped", reasons=[reason])
     if dry_run:
-        return _run(config, run_id, dry_run, console)
+        return _run(config, run_id, dry_run, console, procs)
     _clear_staging(config)
     runs.log_event(config, {"run": run_id, "event": "start"})
-    result = _run(config, run_id, dry_run, console)
+    result = _run(config, run_id, dry_run, console, procs)
     end = {"outcome": result.outcome, "version": result.version, "reasons": result.reasons}
     runs.log_event(config, {"run": run_id, "event": "end", **end, "stages": result.plan.get("stages", {})})
     log.info("run %s: %s %s", run_id, result.outcome, "; ".join(result.reasons))
     return result
 
 
-def _log_to_file(config: Config) -> logging.Handler:
+def _log_to_file(config: Config, procs: Processes | None = None) -> logging.Handler:
     config.logs_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(config.logs_dir / "train.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    who = f"[process {procs.rank}/{procs.count}] " if procs and procs.count > 1 else ""
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {who}%(message)s"))
     root = logging.getLogger("nightjar")
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     return handler
 
 
-def _quiet_libraries(threads: int) -> None:
-    """No network, no progress bars or advice from the libraries; the thread count we were given."""
+def _quiet_libraries(threads: int, processes: int = 1) -> None:
+    """No network, no progress bars or advice from the libraries; the thread count we were given (shared
+    out among the processes that train together on one machine)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
@@ -391,10 +457,10 @@ def _quiet_libraries(threads: int) -> None:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft)\.")
-    torch.set_num_threads(threads or default_threads())
+    torch.set_num_threads(max(1, (threads or default_threads()) // processes))
 
 
-def _run(config: Config, run_id: str, dry_run: bool, console) -> RunResult:
+def _run(config: Config, run_id: str, dry_run: bool, console, procs: Processes | None = None) -> RunResult:
     from trainer.quantize import base_qtype
 
     if config.model.path:
@@ -403,6 +469,7 @@ def _run(config: Config, run_id: str, dry_run: bool, console) -> RunResult:
             "train (the base is then the default model)"
         )
     cfg = config.train
+    procs = procs or Processes()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     last = runs.last_run(config) or {}
     with Stages(console, expected={k: v["seconds"] for k, v in (last.get("stages") or {}).items()}) as stages:
@@ -431,7 +498,7 @@ def _run(config: Config, run_id: str, dry_run: bool, console) -> RunResult:
         if dry_run:
             return RunResult(run_id, "dry run", plan=plan)
         _check_disk(config, base_gguf)
-        _quiet_libraries(cfg.threads)
+        _quiet_libraries(cfg.threads, procs.count)
         staging = config.models_dir / STAGING / run_id
         staging.mkdir(parents=True)
 
@@ -443,33 +510,20 @@ def _run(config: Config, run_id: str, dry_run: bool, console) -> RunResult:
         master = ensure_master(config, base_gguf)
         _check_base(config, parent, master)
         chain = adapters_of(config, parent)
-        device = device_plan()
+        device = device_plan(processes=procs.count)
         tok = tokenizer(master)
+        procs.send(
+            {"run_id": run_id, "batch": batch, "objectives": objectives, "master": master, "chain": chain}
+        )
 
         # -- train --
         stages.start("train")
         notes: list[str] = []
-        training: dict[str, list[dict[str, Any]]] = {}
-        raft_stats: dict[str, Any] = {}
-        new_adapters: list[Path] = []
-        for n, objective in enumerate(objectives):
-            out = staging / ADAPTER / f"{n}-{objective}"
-            history, stats = _train_one(
-                objective,
-                config,
-                batch,
-                master,
-                chain + new_adapters,
-                device,
-                tok,
-                staging,
-                out,
-                stages,
-                notes,
-            )
-            training[objective] = history
-            raft_stats.update(stats)
-            new_adapters.append(out)
+        training, raft_stats, new_adapters = _train_all(
+            objectives, config, batch, master, chain, device, tok, staging, stages, notes, procs
+        )
+        if procs.count > 1:  # the others are done: the rest of the run has this process's threads to itself
+            _quiet_libraries(cfg.threads)
 
         # -- merge --
         stages.start("merge")
@@ -512,6 +566,7 @@ def _run(config: Config, run_id: str, dry_run: bool, console) -> RunResult:
             "outcome": outcome,
             "reasons": verdict.reasons,
             "device": device.description,
+            "processes": procs.count,
             **plan,
             "before": before.to_dict(),
             "after": after.to_dict(),
@@ -584,6 +639,72 @@ def _quantize(cfg, base_gguf: Path, float_gguf: Path, candidate: Path, base_type
     return qtype, round(kept, 4)
 
 
+def _follow(config: Config, procs: Processes) -> RunResult:
+    """A process other than the main one: wait for the main process's run, train its adapters with it, and
+    return quietly (the main process logs, merges, evaluates, publishes and reports)."""
+    go = procs.share(None)
+    if go is None:
+        return RunResult(
+            "", "nothing for this process", reasons=[f"process {procs.rank}: the main one stopped"]
+        )
+    from trainer.objectives import device_plan, tokenizer
+
+    cfg, run_id = config.train, go["run_id"]
+    handler = _log_to_file(config, procs)
+    try:
+        _quiet_libraries(cfg.threads, procs.count)
+        master, staging = go["master"], config.models_dir / STAGING / run_id
+        device, tok = device_plan(processes=procs.count), tokenizer(master)
+        with Stages() as stages:
+            stages.start("train")
+            _train_all(
+                go["objectives"],
+                config,
+                go["batch"],
+                master,
+                go["chain"],
+                device,
+                tok,
+                staging,
+                stages,
+                [],
+                procs,
+            )
+    finally:
+        logging.getLogger("nightjar").removeHandler(handler)
+        handler.close()
+    why = f"process {procs.rank} of {procs.count} trained run {run_id}; the main process publishes it"
+    return RunResult(run_id, "trained", reasons=[why])
+
+
+def _train_all(objectives, config, batch, master, chain, device, tok, staging, stages, notes, procs):
+    """Train each objective's adapter in turn, each on top of the ones before; (histories, RAFT stats,
+    adapters). With several processes, every process calls this and they train together."""
+    training: dict[str, list[dict[str, Any]]] = {}
+    raft_stats: dict[str, Any] = {}
+    new_adapters: list[Path] = []
+    for n, objective in enumerate(objectives):
+        out = staging / ADAPTER / f"{n}-{objective}"
+        history, stats = _train_one(
+            objective,
+            config,
+            batch,
+            master,
+            chain + new_adapters,
+            device,
+            tok,
+            staging,
+            out,
+            stages,
+            notes,
+            procs,
+        )
+        training[objective] = history
+        raft_stats.update(stats)
+        new_adapters.append(out)
+    return training, raft_stats, new_adapters
+
+
 def _train_one(
     objective: str,
     config: Config,
@@ -596,30 +717,38 @@ def _train_one(
     out: Path,
     stages: Stages,
     notes: list[str],
+    procs: Processes | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train one objective's adapter into `out`; returns its log history and (for RAFT) ranking stats."""
     from trainer.objectives import dpo, kto, load_for_training, raft
 
     steps = lambda d, t: stages.update(d, t, f"{objective} steps")  # noqa: E731
+    procs = procs or Processes()
     stats: dict[str, Any] = {}
     if objective == "raft":
-        rows, stats = _raft_rows(config, batch, master, chain, device, tok, staging, stages, notes)
+        rows, stats = _raft_rows(config, batch, master, chain, device, tok, staging, stages, notes, procs)
         if not rows:
             raise NightjarError("RAFT kept no answer: every sampled answer failed the rule checks")
     else:
         rows = batch.train_rows(objective)
     model = load_for_training(master, chain, device, staging)
     module = {"dpo": dpo, "kto": kto, "raft": raft}[objective]
-    return module.train(model, tok, rows, config.train, device, out, steps), stats
+    history = module.train(model, tok, rows, config.train, device, out, steps)
+    if procs.count > 1:
+        done = max((h.get("step", 0) for h in history), default=0)
+        log.info("process %d of %d: %s trained, %d steps", procs.rank, procs.count, objective, done)
+    return history, stats
 
 
-def _raft_rows(config, batch, master, chain, device, tok, staging, stages, notes):
-    """Sample K answers per prompt with the served model, score them, keep the best."""
+def _raft_rows(config, batch, master, chain, device, tok, staging, stages, notes, procs=None):
+    """Sample K answers per prompt with the served model, score them, keep the best. With several processes
+    the main one samples and scores, all train the reward model together, and all get the kept rows."""
     import gc
 
     from trainer.objectives import load_float, raft, reward
 
     cfg = config.train
+    procs = procs or Processes()
     prompts: dict[str, tuple[list, list[str]]] = {}
     for kind in ("sft", "dpo", "kto"):
         for row in batch.train_rows(kind):
@@ -628,8 +757,12 @@ def _raft_rows(config, batch, master, chain, device, tok, staging, stages, notes
             entry = prompts.setdefault(key, (row["prompt"], []))
             entry[1].extend(own)
     chosen = list(prompts.values())[: cfg.raft_prompts]
-    _, served = registry.served_model(config)
-    sampled = raft.sample(served, [p for p, _ in chosen], cfg, lambda d, t: stages.update(d, t, "sampling"))
+    sampled = None
+    if procs.main:
+        _, served = registry.served_model(config)
+        on_sample = lambda d, t: stages.update(d, t, "sampling")  # noqa: E731
+        sampled = raft.sample(served, [p for p, _ in chosen], cfg, on_sample)
+    sampled = procs.share(sampled)
     answers = [own + found for (_, own), found in zip(chosen, sampled, strict=True)]
 
     scorers: dict[str, Any] = {}
@@ -641,9 +774,13 @@ def _raft_rows(config, batch, master, chain, device, tok, staging, stages, notes
             reward.train(
                 master, tok, pairs, cfg, device, out, lambda d, t: stages.update(d, t, "reward model steps")
             )
-            scorers["model"] = reward.ModelReward(master, out, tok, cfg.max_length)
+            if procs.main:
+                scorers["model"] = reward.ModelReward(master, out, tok, cfg.max_length)
         else:
             notes.append("reward model skipped: fewer than 2 preference pairs to learn from")
+    if not procs.main:  # the main process scores the answers and shares the rows it keeps
+        rows, stats = procs.share(None)
+        return rows, stats
     if "dpo" in rewards:
         if chain and chain[-1].name.endswith("-dpo"):
             parent = load_float(master, chain[:-1])
@@ -655,7 +792,7 @@ def _raft_rows(config, batch, master, chain, device, tok, staging, stages, notes
     stats["rewards"] = sorted(scorers) + (["rules"] if "rules" in rewards else [])
     del scorers
     gc.collect()
-    return rows, stats
+    return procs.share((rows, stats))
 
 
 def _keep_lineage(chain: list[Path], staging: Path, parent: str) -> None:

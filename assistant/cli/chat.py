@@ -36,5 +36,6 @@ def chat(state: State, model: Path | None, strategy: str | None, no_retrieval: b
     state.overrides.update({"model.path": str(model) if model else None, "ask.strategy": strategy})
     from tui.app import NightjarApp
 
+    state.assistant.model_version  # noqa: B018  (a missing or broken model: one line before the app opens)
     app = NightjarApp(state.assistant, retrieval=False if no_retrieval else None, restore=not new)
     app.run()

@@ -2,7 +2,9 @@
 
 A model version is its base's float master plus the LoRA adapters of its lineage, merged in order; a run
 trains a new adapter on top of that and never requantizes a quantized model. On a CUDA GPU with bitsandbytes
-the model is trained as 4-bit QLoRA in bf16; on the CPU as a plain LoRA in fp32.
+the model is trained as 4-bit QLoRA in bf16; on the CPU as a plain LoRA in fp32. Under `accelerate launch`
+(WORLD_SIZE > 1) every process trains its share of each batch (data-parallel: transformers' Trainer wraps
+the model in DDP), each on its own GPU (the one accelerate made current), or on the CPU over gloo.
 
 Each objective module (dpo, kto, raft, reward) has one `train(...)` that saves its adapter to `out` and
 returns TRL's log history (a list of dicts: loss, rewards/margins, ... per step).
@@ -10,6 +12,8 @@ returns TRL's log history (a list of dicts: loss, rewards/margins, ... per step)
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,23 +32,54 @@ class Plan:
 
     cuda: bool
     quantize_4bit: bool
+    processes: int = 1  # data-parallel training processes (`accelerate launch --num_processes`)
 
     @property
     def description(self) -> str:
         if self.quantize_4bit:
-            return "CUDA: 4-bit QLoRA (bitsandbytes), bf16"
-        return "CUDA: LoRA, bf16" if self.cuda else "CPU: LoRA, fp32"
+            what = "CUDA: 4-bit QLoRA (bitsandbytes), bf16"
+        else:
+            what = "CUDA: LoRA, bf16" if self.cuda else "CPU: LoRA, fp32"
+        if self.processes > 1:
+            what += f", {self.processes} processes ({'one GPU each' if self.cuda else 'gloo'})"
+        return what
 
 
-def device_plan(cuda: bool | None = None, bitsandbytes: bool | None = None) -> Plan:
-    """QLoRA where a CUDA device and a working bitsandbytes exist, else LoRA (bf16 on CUDA, fp32 on CPU)."""
+def device_plan(
+    cuda: bool | None = None, bitsandbytes: bool | None = None, processes: int | None = None
+) -> Plan:
+    """QLoRA where a CUDA device and a working bitsandbytes exist, else LoRA (bf16 on CUDA, fp32 on CPU).
+    `processes`: how many train together (default: WORLD_SIZE, which `accelerate launch` sets; else 1)."""
     if cuda is None:
         import torch
 
         cuda = torch.cuda.is_available()
     if bitsandbytes is None:
         bitsandbytes = cuda and _bitsandbytes_works()
-    return Plan(cuda=cuda, quantize_4bit=cuda and bitsandbytes)
+    if processes is None:
+        processes = world_size()
+    return Plan(cuda=cuda, quantize_4bit=cuda and bitsandbytes, processes=max(1, processes))
+
+
+def world_size(environ=os.environ) -> int:
+    """How many processes run this command together: WORLD_SIZE under `accelerate launch`/torchrun, else 1."""
+    try:
+        return max(1, int(environ.get("WORLD_SIZE") or 1))
+    except ValueError:
+        return 1
+
+
+def _main_process_first(plan: Plan, write: Callable[[], None]) -> None:
+    """Run `write` on the main process only, the others waiting until it is done (one process, no wait)."""
+    if plan.processes <= 1:
+        write()
+        return
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not plan.cuda)
+    if state.is_main_process:
+        write()
+    state.wait_for_everyone()
 
 
 def _bitsandbytes_works() -> bool:
@@ -84,9 +119,9 @@ def load_for_training(master: Path, adapters: list[Path], plan: Plan, scratch: P
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     source = master
-    if adapters:
+    if adapters:  # one process writes the checkpoint, all load it
         source = scratch / "start"
-        load_float(master, adapters).save_pretrained(source)
+        _main_process_first(plan, lambda: load_float(master, adapters).save_pretrained(source))
     quantization = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -94,7 +129,10 @@ def load_for_training(master: Path, adapters: list[Path], plan: Plan, scratch: P
         bnb_4bit_use_double_quant=True,
     )
     model = AutoModelForCausalLM.from_pretrained(
-        source, quantization_config=quantization, dtype=torch.bfloat16, device_map={"": 0}
+        source,
+        quantization_config=quantization,
+        dtype=torch.bfloat16,
+        device_map={"": torch.cuda.current_device()},  # each process its own GPU (accelerate sets it)
     )
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
 
@@ -131,12 +169,16 @@ def micro_batch(cfg: TrainConfig, plan: Plan, least: int = 1) -> int:
 
 
 def trl_args(cfg: TrainConfig, plan: Plan, out: Path, least: int = 1) -> dict[str, Any]:
-    """The TrainingArguments every objective shares (its own DPOConfig/KTOConfig/... adds the rest)."""
+    """The TrainingArguments every objective shares (its own DPOConfig/KTOConfig/... adds the rest). With
+    several processes each step still takes `batch_size` rows: each process accumulates its share."""
     micro = micro_batch(cfg, plan, least)
+    extra: dict[str, Any] = {}
+    if plan.processes > 1:  # every LoRA weight takes part in every step: no search for unused ones
+        extra["ddp_find_unused_parameters"] = False
     return {
         "output_dir": str(out / "trainer"),
         "per_device_train_batch_size": micro,
-        "gradient_accumulation_steps": max(1, cfg.batch_size // micro),
+        "gradient_accumulation_steps": max(1, cfg.batch_size // (micro * plan.processes)),
         "num_train_epochs": cfg.epochs,
         "max_steps": cfg.max_steps if cfg.max_steps > 0 else -1,
         "learning_rate": cfg.learning_rate,
@@ -151,6 +193,7 @@ def trl_args(cfg: TrainConfig, plan: Plan, out: Path, least: int = 1) -> dict[st
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
         "max_length": cfg.max_length,
+        **extra,
     }
 
 
@@ -196,7 +239,11 @@ def fit(
     )
     trainer.remove_callback(PrinterCallback)  # the log goes to the report, not to stdout
     trainer.train()
-    trainer.model.save_pretrained(out)
+    if trainer.accelerator.is_main_process:  # one process writes the adapter (all hold the same weights)
+        trainer.model.save_pretrained(out)
+        if trainer.accelerator.num_processes > 1:
+            logging.getLogger("nightjar.train").info("adapter saved to %s by the main process", out)
+    trainer.accelerator.wait_for_everyone()
     rows_entry = {"rows": {**asdict(fitting), "trained": fitting.trained}}  # the report's row counts
     return [rows_entry, *(dict(entry) for entry in trainer.state.log_history)]
 
