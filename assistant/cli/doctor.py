@@ -66,7 +66,11 @@ def _retrieval_rows(cfg: config_mod.Config) -> list[tuple[str, str]]:
         rows.append(("index", f"{cfg.index_dir}: empty (add documents with `nightjar index PATH`)"))
     else:
         docs, chunks = index.catalog.counts()
-        kind = choose_kind(r.vector_index, chunks, r.ann_threshold)
+        kind = (
+            f"qdrant ({r.qdrant_url or 'embedded'})"
+            if r.store == "qdrant"
+            else f"faiss {choose_kind(r.vector_index, chunks, r.ann_threshold)}"
+        )
         rows.append(
             (
                 "index",
