@@ -107,6 +107,8 @@ def test_too_little_feedback_does_nothing_and_says_so(home: Path):
     dry = run_nightjar("train", "--dry-run", home=home, env={"NIGHTJAR_TRAIN_MIN_NEW_ROWS": "2"})
     assert dry.returncode == 0, dry.stderr
     assert "would train dpo from base" in dry.stdout and "dpo: " in dry.stdout
+    trained = [line for line in dry.stdout.splitlines() if "dpo at train.max_length:" in line]
+    assert len(trained) == 1 and "row(s) trained" in trained[0], dry.stdout  # what fitting would do
     assert not (home / "models" / ".staging").exists() or not any((home / "models" / ".staging").iterdir())
 
 

@@ -496,6 +496,7 @@ def _run(config: Config, run_id: str, dry_run: bool, console, procs: Processes |
             )
             return RunResult(run_id, "nothing to do", reasons=[why], plan=plan)
         if dry_run:
+            plan["fitting"] = _dry_fit(base_gguf, batch, kinds, cfg.max_length)
             return RunResult(run_id, "dry run", plan=plan)
         _check_disk(config, base_gguf)
         _quiet_libraries(cfg.threads, procs.count)
@@ -802,6 +803,16 @@ def _keep_lineage(chain: list[Path], staging: Path, parent: str) -> None:
     for n, adapter in enumerate(chain):
         name = adapter.name if adapter.parent.name == LINEAGE else f"{n:03d}-{parent}-{adapter.name}"
         shutil.copytree(adapter, lineage / name, ignore=shutil.ignore_patterns("trainer", "README.md"))
+
+
+def _dry_fit(base_gguf: Path, batch: data.Batch, kinds: list[str], max_length: int) -> dict[str, str]:
+    """What fitting would do to each kind's rows (`RowFit.summary`), with the base GGUF's own tokenizer."""
+    from transformers import AutoTokenizer
+
+    from trainer.objectives import fit_rows
+
+    tok = AutoTokenizer.from_pretrained(str(base_gguf.parent), gguf_file=base_gguf.name)
+    return {kind: fit_rows(batch.train_rows(kind), tok, max_length)[1].summary() for kind in kinds}
 
 
 def _consume(config: Config, run_id: str, rows_used: dict[str, list[str]]) -> None:

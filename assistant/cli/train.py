@@ -67,6 +67,8 @@ def train(state: State, objective: str | None, dry_run: bool, show_report: bool,
         click.echo(f"would train {'+'.join(plan['objectives'])} from {plan['parent']} on {plan['base']}")
         for kind, n in plan["rows"].items():
             click.echo(f"  {kind}: {n['new']} new, {n['replay']} replayed, {n['holdout']} held out")
+        for kind, fitting in plan.get("fitting", {}).items():
+            click.echo(f"  {kind} at train.max_length: {fitting}")
         click.echo(f"  then quantize to {plan['quant_type']}")
         return
     if result.outcome == "published":
