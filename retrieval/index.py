@@ -35,7 +35,7 @@ from retrieval.catalog import Catalog, Doc
 from retrieval.config import RetrievalConfig
 from retrieval.embedder import Embedder, embedder_for
 from retrieval.errors import RetrievalError
-from retrieval.vectors import StoreBackend, VectorStore, open_store
+from retrieval.vectors import StoreBackend, VectorStore, fsync_path, open_store
 
 CATALOG = "catalog.db"
 _ARTIFACT = re.compile(r"^(vectors\.(\d+)\.faiss|bm25\.(\d+))$")
@@ -55,14 +55,6 @@ class Snapshot:
 
     def __post_init__(self) -> None:
         self.bm25_rows = {int(c): i for i, c in enumerate(self.bm25.ids)}
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Index:
@@ -216,11 +208,11 @@ class Index:
         tmp_dir.mkdir()
         bm25.save(tmp_dir)
         for f in tmp_dir.iterdir():
-            _fsync(f)
-        _fsync(tmp_dir)
+            fsync_path(f)
+        fsync_path(tmp_dir)
         shutil.rmtree(bm25_path, ignore_errors=True)  # left by a run killed before its commit
         os.rename(tmp_dir, bm25_path)
-        _fsync(self.folder)
+        fsync_path(self.folder)
 
     def publish(
         self,

@@ -204,7 +204,8 @@ class FaissStore:
         return cls(index, "hnsw" if isinstance(inner, faiss.IndexHNSWFlat) else "flat")
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's entries to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -244,7 +245,7 @@ class FaissBackend:
         path = self.path(generation)
         tmp = self.folder / f".{path.name}.tmp"
         store.save(tmp)
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
 
     def committed(self, store: FaissStore, generation: int) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import run_nightjar
+from tests.test_feedback_cli import one_line_error
 
 # ---- Open WebUI: records as GET /api/v1/evaluations/feedbacks/all/export returns them ----
 
@@ -149,17 +150,6 @@ def exported(home: Path, tmp_path: Path, kind: str) -> list[dict[str, Any]]:
     result = run_nightjar("feedback", "export", "--format", kind, "--out", str(out), home=home)
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in out.read_text().splitlines()]
-
-
-def one_line_error(result, *words: str) -> str:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.stderr, (
-        result.stderr
-    )
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 def user(text: str) -> dict[str, str]:
