@@ -32,6 +32,7 @@ def base_qtype(base_gguf: Path | str) -> str:
 def quantize(src: Path | str, dst: Path | str, qtype: str, *, threads: int = 0) -> Path:
     """Write `src` (an F32/F16 GGUF) quantized to `qtype` at `dst`; `dst` appears only once complete."""
     import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
 
     src, dst = check_gguf(src), Path(dst)
     types = qtypes()
@@ -45,7 +46,9 @@ def quantize(src: Path | str, dst: Path | str, qtype: str, *, threads: int = 0) 
     level = log.level
     log.setLevel(logging.ERROR)
     try:
-        with atomic.replacing(dst) as tmp:
+        with atomic.replacing(dst) as tmp, suppress_stdout_stderr(disable=False):
+            # llama.cpp writes its per-tensor notes ("falling back to q8_0") to the terminal itself; a
+            # failure is told by the status below
             status = llama_cpp.llama_model_quantize(bytes(src), bytes(tmp), ctypes.byref(params))
             if status != 0 or not tmp.exists():
                 raise ModelFileError(f"llama.cpp could not quantize {src.name} to {key} (status {status})")
