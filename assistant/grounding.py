@@ -198,10 +198,6 @@ class FittedPrompt:
     dropped_turns: int = 0  # then the oldest turns of the conversation
     cut_question: bool = False  # last resort: the start of the question itself
 
-    @property
-    def changed(self) -> bool:
-        return bool(self.dropped_sources or self.cut_source or self.dropped_turns or self.cut_question)
-
 
 def _split_sources(system: str) -> tuple[str, list[tuple[int, str]]] | None:
     """A grounded system message as (its head: prompt and instructions, [(n, source block)]), else None."""

@@ -39,26 +39,29 @@ class ModelScorer:
         self._seen: dict[tuple[str, str], float | None] = {}
 
     def mean_logprob(self, prompt: list[Message], completion: list[Message]) -> float | None:
-        """Mean log-probability per token of `completion` (end of turn included) after `prompt`; None when
-        they do not fit the context."""
-        prompt = self._fitted(prompt, completion)
+        """Mean log-probability per token of `completion` (end of turn included) after `prompt`, the prompt
+        shortened as serving would where the two do not fit the context; None when even that does not."""
         prompt_text = self.engine.render(prompt)
         full_text = self.engine.render(prompt + completion, add_generation_prompt=False)
         if (prompt_text, full_text) not in self._seen:  # the same reply is often in several rows
-            self._seen[prompt_text, full_text] = self._mean_logprob(prompt_text, full_text)
+            texts = self._fitted(prompt, completion, prompt_text, full_text)
+            self._seen[prompt_text, full_text] = self._mean_logprob(*texts)
         return self._seen[prompt_text, full_text]
 
-    def _fitted(self, prompt: list[Message], completion: list[Message]) -> list[Message]:
-        """`prompt`, shortened as serving would (lowest-ranked uncited sources first) where it and the
-        completion do not fit the context together."""
-        engine = self.engine
-        full = engine.count_tokens(engine.render(prompt + completion, add_generation_prompt=False))
-        if full <= self.llm.n_ctx():
-            return prompt
-        reply = full - engine.count_tokens(engine.render(prompt))
+    def _fitted(
+        self, prompt: list[Message], completion: list[Message], prompt_text: str, full_text: str
+    ) -> tuple[str, str]:
+        """The (prompt, full) texts, with the prompt's lowest-ranked uncited sources (then old turns) left
+        out where prompt and completion do not fit the context together."""
+        engine, n_ctx = self.engine, self.llm.n_ctx()
+        full = engine.count_tokens(full_text)
+        if full <= n_ctx:
+            return prompt_text, full_text
+        reply = full - engine.count_tokens(prompt_text)
         cited = {int(n) for m in completion for n in re.findall(r"\[(\d+)\]", m["content"])}
-        budget = self.llm.n_ctx() - reply - 8
-        return fit_grounded(prompt, budget, lambda m: engine.count_tokens(engine.render(m)), cited).messages
+        count = lambda m: engine.count_tokens(engine.render(m))  # noqa: E731
+        fitted = fit_grounded(prompt, n_ctx - reply - 8, count, cited).messages
+        return engine.render(fitted), engine.render(fitted + completion, add_generation_prompt=False)
 
     def _mean_logprob(self, prompt_text: str, full_text: str) -> float | None:
         prompt_ids, full_ids = self.engine.tokenize(prompt_text), self.engine.tokenize(full_text)
