@@ -182,6 +182,21 @@ def fit_sources(
     return kept
 
 
+def cited_messages(
+    engine: Engine,
+    system_prompt: str,
+    history: list[Message],
+    question: str,
+    sources: list[Source],
+    reserve: int,
+) -> list[Message]:
+    """The grounded messages for sources a strategy found and numbered itself (react), fitted as `ground`
+    fits retrieved ones; they are [1]..[m] in order already, so `fit_sources`'s renumbering keeps their
+    numbers. With none, the plain prompt `ground` builds when nothing is retrieved."""
+    kept = fit_sources(engine, system_prompt, question, sources, reserve)
+    return grounded_messages(system_prompt, history, question, kept)
+
+
 # ---- fitting a grounded prompt into a smaller budget (training rows, scoring) ----
 
 _GROUNDED = "Answer from the numbered sources below"  # how INSTRUCTIONS start, in rows of every version

@@ -17,7 +17,14 @@ from assistant.context import fit_messages
 from assistant.engine import Engine, GenParams, Message, create_engine
 from assistant.errors import NightjarError
 from assistant.feedback import ConversationSummary, FeedbackStore, Interaction
-from assistant.grounding import DONT_KNOW, DocumentAccess, ground, strip_citations, user_errors
+from assistant.grounding import (
+    DONT_KNOW,
+    DocumentAccess,
+    cited_messages,
+    ground,
+    strip_citations,
+    user_errors,
+)
 from assistant.reasoning import Outcome, Task, cites_own_sources, run_strategy
 from assistant.registry import Version, served_model
 from assistant.sources import Source
@@ -38,9 +45,11 @@ class Answer:
     strategy: str
     model_version: str
     prompt: str  # the exact text the model saw for the final answer
-    messages: list[Message]
+    messages: list[Message]  # what the strategy's final generation saw (reasoning instructions included)
     params: dict[str, Any]
     conversation_id: str
+    # the direct grounded prompt the answer is trained on, whatever the strategy (see `_training_prompt`)
+    training_messages: list[Message] = field(default_factory=list)
     history: list[Message] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
     trace: list[dict[str, Any]] = field(default_factory=list)
@@ -204,6 +213,9 @@ class Assistant:
             messages=outcome.messages,
             params=asdict(params),
             conversation_id=conversation_id or uuid.uuid4().hex,
+            training_messages=self._training_prompt(
+                outcome, fitted.messages, history, question, params.max_tokens
+            ),
             history=history,
             sources=sources if outcome.sources is None else outcome.sources,
             trace=outcome.trace,
@@ -222,6 +234,22 @@ class Assistant:
                 asked, alternative_of=alternative_of, interaction_id=interaction_id
             )
         return answer
+
+    def _training_prompt(
+        self, outcome: Outcome, fitted: list[Message], history: list[Message], question: str, reserve: int
+    ) -> list[Message]:
+        """The prompt the answer is trained on: the one `direct` would serve it from.
+
+        The nightly model learns to answer from the sources directly; the reasoning strategies build on
+        that, so their instructions (and react's tool protocol) stay out of training rows. Step 2's fitted
+        grounded messages, or, when the strategy found and numbered its own sources (react), the same
+        kind of prompt built from those, numbered as the answer cites them.
+        """
+        if outcome.sources is None:
+            return fitted
+        system_prompt = self.config.model.system_prompt
+        messages = cited_messages(self.engine, system_prompt, history, question, outcome.sources, reserve)
+        return fit_messages(self.engine, messages, reserve=reserve).messages
 
     # ---- feedback: interaction ids may be a unique prefix, or None for the latest ----
     @cached_property

@@ -7,8 +7,10 @@ Derived views, rebuilt from one snapshot of the database on each read:
 - kto (prompt, completion, label): thumbs that did not end up in a pair; plus imported rows.
 - sft (prompt, completion): up-voted answers and corrections (RAFT candidates); plus imported rows.
 
-Every row's prompt is the exact message list the model answered (system message and retrieved context
-included), so a trainer that applies the model's chat template trains on what was served. Each row has a
+Every row's prompt is the direct grounded prompt of the answer (`Interaction.training_messages`): the
+system message with the numbered sources, the history and the plain question, as the `direct` strategy
+serves it, whatever strategy answered (no reasoning instructions, no agent tool protocol), so a trainer
+that applies the model's chat template trains on what `direct` serves. Each row has a
 stable "id" (a hash of its content) and a stable split (a hash of its prompt key, see `keys`).
 """
 
@@ -111,7 +113,11 @@ class ReplayBuffer:
 
         def dpo(i: Interaction, chosen: str, rejected: str, when: float, origin: str, ids: tuple[str, ...]):
             if chosen.strip() != rejected.strip():
-                row = {"prompt": i.messages, "chosen": _assistant(chosen), "rejected": _assistant(rejected)}
+                row = {
+                    "prompt": i.training_messages,
+                    "chosen": _assistant(chosen),
+                    "rejected": _assistant(rejected),
+                }
                 out.append(self._candidate("dpo", row, i, when, origin))
                 paired.update(ids)
 
@@ -119,7 +125,7 @@ class ReplayBuffer:
             fixes = [e for e in i.feedback if e.kind == "correct"]
             if fixes:
                 dpo(i, fixes[-1].text or "", i.response, fixes[-1].created_at, "correction", (i.id,))
-                row = {"prompt": i.messages, "completion": _assistant(fixes[-1].text or "")}
+                row = {"prompt": i.training_messages, "completion": _assistant(fixes[-1].text or "")}
                 out.append(self._candidate("sft", row, i, fixes[-1].created_at, "correction"))
 
         turns: dict[str, list[Interaction]] = {}
@@ -151,10 +157,14 @@ class ReplayBuffer:
             if not thumbs:
                 continue
             if i.id not in paired:
-                row = {"prompt": i.messages, "completion": _assistant(i.response), "label": i.rating == "up"}
+                row = {
+                    "prompt": i.training_messages,
+                    "completion": _assistant(i.response),
+                    "label": i.rating == "up",
+                }
                 out.append(self._candidate("kto", row, i, thumbs[-1].created_at, "thumb"))
             if i.rating == "up" and i.correction is None:
-                row = {"prompt": i.messages, "completion": _assistant(i.response)}
+                row = {"prompt": i.training_messages, "completion": _assistant(i.response)}
                 out.append(self._candidate("sft", row, i, thumbs[-1].created_at, "thumb"))
         return out
 

@@ -76,6 +76,12 @@ class Interaction:
     def sources(self) -> list[dict[str, Any]]:
         return self.data.get("sources") or []
 
+    @property
+    def training_messages(self) -> list[dict[str, str]]:
+        """The prompt training pairs the answer with: the direct grounded prompt (no reasoning
+        instructions, no tool protocol); `messages` for interactions recorded before it was kept."""
+        return self.data.get("training_messages") or self.messages
+
     def to_dict(self) -> dict[str, Any]:
         """The whole interaction (answer fields included) as plain JSON-able data."""
         return {
