@@ -50,8 +50,10 @@ def test_the_loader_gives_llama_cpp_the_protection_and_restores_its_defaults(
     try:
         assert llm.model_params.use_extra_bufts is extra_buffers  # what llama.cpp loaded the model with
         assert llm.n_ctx() == 256
-        out = llm.create_completion("The capital of France is", max_tokens=4, temperature=0.0)
-        assert out["usage"]["completion_tokens"] >= 1  # decoding works with either setting
+        # llama.cpp's own defaults crash on the first decode of a real AMX build
+        if not extra_buffers or not llamacpp.build_info().amx:
+            out = llm.create_completion("The capital of France is", max_tokens=4, temperature=0.0)
+            assert out["usage"]["completion_tokens"] >= 1
     finally:
         llm.close()
     assert lib.llama_model_default_params().use_extra_bufts is True  # nothing else in the process changed
