@@ -3,7 +3,8 @@
 rank-bm25 (`BM25Okapi`) is the reference: IDF log((N - df + 0.5) / (df + 0.5)), negative IDFs replaced by
 epsilon * mean IDF, term frequency saturation tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avglen)). It
 scores every document in Python per query term; here each (term, chunk) score is computed once, vectorized,
-at build time, and bm25s sums the postings of the query's terms.
+at build time, and bm25s sums the postings of the query's terms. A saved index is searched (numpy backend)
+by `SavedScores`, which reads bm25s's files and sums them as bm25s does, without importing bm25s.
 """
 
 from __future__ import annotations
@@ -23,9 +24,21 @@ EXTRA_FILE = "okapi.json"
 
 @cache
 def _stopwords() -> frozenset[str]:
-    from bm25s.stopwords import STOPWORDS_EN
+    """bm25s's English stopwords, read from its stopwords module without importing the bm25s package (which
+    imports numba and scipy: a third of a cold `nightjar search`)."""
+    import importlib.util
+    import sys
 
-    return frozenset(STOPWORDS_EN)
+    if "bm25s" in sys.modules:
+        from bm25s.stopwords import STOPWORDS_EN
+
+        return frozenset(STOPWORDS_EN)
+    package = importlib.util.find_spec("bm25s")
+    path = Path(next(iter(package.submodule_search_locations))) / "stopwords.py"
+    spec = importlib.util.spec_from_file_location("_nightjar_bm25s_stopwords", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return frozenset(module.STOPWORDS_EN)
 
 
 def tokenize(text: str) -> list[str]:
@@ -131,11 +144,39 @@ class BM25Index:
 
     @classmethod
     def load(cls, folder: Path, backend: str = "numpy") -> BM25Index:
-        import bm25s
-
         extra = json.loads((folder / EXTRA_FILE).read_text())
-        retriever = bm25s.BM25.load(str(folder), mmap=False, show_progress=False, backend=backend)
-        retriever.nonoccurrence_array = None
+        if backend == "numpy":  # searching needs no bm25s: its files and its numpy scoring, below
+            retriever = SavedScores(folder)
+        else:
+            import bm25s
+
+            retriever = bm25s.BM25.load(str(folder), mmap=False, show_progress=False, backend=backend)
+            retriever.nonoccurrence_array = None
         ids = np.load(folder / "chunk_ids.npy")
         idf = np.load(folder / "idf.npy")
         return cls(retriever, ids, idf, extra["k1"], extra["b"])
+
+
+class SavedScores:
+    """A BM25 index saved by bm25s, scored as bm25s's numpy backend scores it (the same additions in the same
+    order: the same float32 scores) without importing bm25s, which imports numba and scipy: a cold
+    `nightjar search` would spend a third of its time on them."""
+
+    def __init__(self, folder: Path) -> None:
+        params = json.loads((folder / "params.index.json").read_text(encoding="utf-8"))
+        if params.get("method") != "robertson":
+            raise ValueError(f"unexpected BM25 method {params.get('method')} in {folder}")
+        self.vocab_dict = json.loads((folder / "vocab.index.json").read_text(encoding="utf-8"))
+        self.data = np.load(folder / "data.csc.index.npy")
+        self.indices = np.load(folder / "indices.csc.index.npy")
+        self.indptr = np.load(folder / "indptr.csc.index.npy")
+        self.num_docs = int(params["num_docs"])
+        self.dtype = np.dtype(params.get("dtype", "float32"))
+        self.int_dtype = np.dtype(params.get("int_dtype", "int32"))
+
+    def get_scores_from_ids(self, query_tokens_ids: list[int]) -> np.ndarray:
+        ids = np.asarray(query_tokens_ids, dtype=self.int_dtype)
+        scores = np.zeros(self.num_docs, dtype=self.dtype)
+        for start, end in zip(self.indptr[ids], self.indptr[ids + 1], strict=True):
+            np.add.at(scores, self.indices[start:end], self.data[start:end])
+        return scores

@@ -9,6 +9,10 @@ from pathlib import Path
 VECTOR_INDEXES = ("auto", "flat", "ivf", "hnsw")
 BM25_BACKENDS = ("numpy", "numba")
 STORES = ("faiss", "qdrant")
+# what runs the embedder (retrieval/embedder.py): onnx = ONNX Runtime, int8 (its own vectors); onnx-fp32 =
+# ONNX Runtime at full precision (torch's vectors); torch; auto = what the index was built with, at its
+# fastest: onnx-fp32 for a full-precision index, onnx for a new or int8 one, torch without onnxruntime
+EMBEDDER_BACKENDS = ("auto", "onnx", "onnx-fp32", "torch")
 
 
 def embedded_embedder_path() -> str:
@@ -23,6 +27,7 @@ def embedded_embedder_path() -> str:
 @dataclass
 class RetrievalConfig:
     embedder: str = ""  # path or hub id of a sentence-transformers model; empty: the embedded MiniLM
+    embedder_backend: str = "auto"  # auto, onnx (int8), onnx-fp32 or torch: see EMBEDDER_BACKENDS
     reranker: str = ""  # path or hub id of a sentence-transformers CrossEncoder; empty: no reranking
     # chunking, counted in the embedder's tokens (capped at what the embedder reads)
     chunk_tokens: int = 256
@@ -53,6 +58,11 @@ class RetrievalConfig:
     def check(self) -> list[str]:
         """Problems with the values, one line each (the config loader and the index report them)."""
         problems = []
+        if self.embedder_backend not in EMBEDDER_BACKENDS:
+            backends = ", ".join(EMBEDDER_BACKENDS)
+            problems.append(
+                f"retrieval.embedder_backend must be one of {backends}, not '{self.embedder_backend}'"
+            )
         if self.store not in STORES:
             problems.append(f"retrieval.store must be one of {', '.join(STORES)}, not '{self.store}'")
         if self.vector_index not in VECTOR_INDEXES:

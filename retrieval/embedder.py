@@ -10,6 +10,13 @@ optional normalization: all-MiniLM-L6-v2 and most others) runs on plain `transfo
 seconds of start-up and library warnings that a search or an answer has no use for. Any other pipeline
 (Dense layers, other poolings, a hub id) goes through `sentence_transformers` itself. Both give the same
 vectors, so an index built with one is searched with the other.
+
+Faster still, and without torch at all, a plain folder runs on ONNX Runtime (retrieval/onnx_embedder.py,
+`retrieval.embedder_backend`): "onnx" is the int8-quantized model (3.6x torch's throughput on 2 cores; its
+vectors differ slightly, so its embedder name says int8 and an index never mixes them with torch's),
+"onnx-fp32" the full-precision one (torch's vectors, so it shares torch's indexes), "torch" the above. "auto"
+follows the index: an index built at full precision (by torch or onnx-fp32) goes on with onnx-fp32, a new one
+or an int8 one with onnx; without onnxruntime, torch.
 """
 
 from __future__ import annotations
@@ -23,11 +30,15 @@ from typing import Protocol
 import numpy as np
 
 from retrieval.chunking import Spans
+from retrieval.config import EMBEDDER_BACKENDS as BACKENDS
 from retrieval.errors import RetrievalError
+
+INT8 = " [onnx int8]"  # ends the name of the int8 ONNX embedder: its vectors are not torch's
 
 
 class Embedder(Protocol):
-    name: str  # identifies the model: vectors from different embedders never mix in one index
+    name: str  # identifies the vectors: vectors from different embedders never mix in one index
+    backend: str  # what runs it: torch, onnx (int8) or onnx-fp32
 
     @property
     def max_tokens(self) -> int:
@@ -46,6 +57,34 @@ class Embedder(Protocol):
         """(dim,) float32, L2-normalized."""
 
 
+def vectors_name(model: str, quantized: bool) -> str:
+    """The name an index records for `model`'s vectors: full precision (torch or ONNX) shares the model's
+    own name, the int8 ONNX model's differ."""
+    return model + INT8 if quantized else model
+
+
+def mismatch(stored: str, embedder: Embedder) -> str | None:
+    """Why an index built by the embedder named `stored` cannot be searched with `embedder` (None: it can)."""
+    if stored == embedder.name:
+        return None
+    again = "run `nightjar index PATH` again to re-embed"
+    if stored == embedder.name + INT8:
+        return (
+            f"the index was built by the int8 ONNX embedder, but the embedder now runs on "
+            f"{getattr(embedder, 'backend', 'torch')}, whose vectors differ: set "
+            f'retrieval.embedder_backend to "onnx" or "auto" (both need onnxruntime), or {again}'
+        )
+    if stored + INT8 == embedder.name:
+        return (
+            "the index was built at full precision (torch or onnx-fp32), but retrieval.embedder_backend is "
+            f'"onnx" (int8), whose vectors differ: set it to "auto" or "onnx-fp32", or {again}'
+        )
+    return (
+        f"the index was built with the embedder {stored}, but retrieval.embedder is now "
+        f"{embedder.name}: {again}"
+    )
+
+
 def offline() -> None:
     """Nightjar never reaches the network at run time."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -61,6 +100,8 @@ def quiet_transformers() -> None:
 
 
 class SentenceTransformerEmbedder:
+    backend = "torch"
+
     def __init__(self, path_or_id: str, batch_size: int = 32) -> None:
         if not path_or_id:
             raise RetrievalError(
@@ -229,10 +270,47 @@ class TransformerEmbedder(SentenceTransformerEmbedder):
         return out
 
 
-def embedder_for(path_or_id: str, batch_size: int = 32) -> SentenceTransformerEmbedder:
-    """The embedder for a model folder or cached hub id: `transformers` alone where the pipeline allows."""
+def embedder_for(
+    path_or_id: str,
+    batch_size: int = 32,
+    backend: str = "torch",
+    cache_dir: Path | None = None,
+    built_with: str | None = None,
+) -> Embedder:
+    """The embedder for a model folder or cached hub id, run by `backend` (see BACKENDS and the module
+    docstring); the ONNX backends keep their model file in `cache_dir`. `built_with` is the embedder name
+    the index records (None: no index yet), which "auto" follows."""
+    if backend not in BACKENDS:
+        known = ", ".join(BACKENDS)
+        raise RetrievalError(f"retrieval.embedder_backend must be one of {known}, not '{backend}'")
     local = Path(path_or_id).expanduser() if path_or_id else None
-    pooling = plain_pooling(local.resolve()) if local and local.is_dir() else None
+    folder = local.resolve() if local and local.is_dir() else None
+    pooling = plain_pooling(folder)
+    onnx_ok = pooling is not None and (folder / "tokenizer.json").is_file() and cache_dir is not None
+    if backend == "auto":
+        from retrieval.onnx_embedder import onnxruntime_available
+
+        if onnx_ok and onnxruntime_available():
+            backend = "onnx-fp32" if built_with == str(folder) else "onnx"
+        else:
+            backend = "torch"
+    if backend != "torch":
+        if cache_dir is None:
+            raise ValueError("the ONNX backends need a cache_dir for their model file")
+        if not onnx_ok:
+            raise RetrievalError(
+                f'retrieval.embedder_backend = "{backend}" runs a local sentence-transformers folder with a '
+                "tokenizer.json, a transformer and mean or CLS pooling; "
+                f'{path_or_id or "no embedder"} is not one: set it to "auto" or "torch"'
+            )
+        from retrieval.onnx_embedder import OnnxEmbedder, onnxruntime_available
+
+        if not onnxruntime_available():
+            raise RetrievalError(
+                f'retrieval.embedder_backend = "{backend}" needs onnxruntime (pip install onnxruntime); '
+                'or set it to "auto" or "torch"'
+            )
+        return OnnxEmbedder(folder, pooling, cache_dir, quantized=backend == "onnx")
     if pooling is not None:
-        return TransformerEmbedder(local.resolve(), pooling, batch_size)
+        return TransformerEmbedder(folder, pooling, batch_size)
     return SentenceTransformerEmbedder(path_or_id, batch_size)

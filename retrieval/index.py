@@ -5,6 +5,8 @@ Files in the index folder:
     vectors.<gen>.faiss   the vector store of generation <gen> (retrieval.store = "faiss", the default)
     qdrant/, qdrant.json  the Qdrant collection and its state (retrieval.store = "qdrant", qdrant_store.py)
     bm25.<gen>/           the BM25 index of generation <gen>
+    onnx/                 the embedder exported to ONNX (retrieval.embedder_backend onnx, onnx-fp32, auto),
+                          made on first use from the model folder's own weights (retrieval/onnx_embedder.py)
     lock                  held by the one process that writes (index, forget)
 
 A writer builds generation N+1's files next to N's, each written to a temporary name, fsync'd and renamed
@@ -33,11 +35,12 @@ import numpy as np
 from retrieval.bm25 import BM25Index
 from retrieval.catalog import Catalog, Doc
 from retrieval.config import RetrievalConfig
-from retrieval.embedder import Embedder, embedder_for
+from retrieval.embedder import Embedder, embedder_for, mismatch
 from retrieval.errors import RetrievalError
 from retrieval.vectors import StoreBackend, VectorStore, fsync_path, open_store
 
 CATALOG = "catalog.db"
+ONNX_CACHE = "onnx"
 _ARTIFACT = re.compile(r"^(vectors\.(\d+)\.faiss|bm25\.(\d+))$")
 
 
@@ -84,7 +87,15 @@ class Index:
 
     @cached_property
     def embedder(self) -> Embedder:
-        return self._embedder or embedder_for(self.config.embedder_path())
+        """The configured embedder, on the configured backend ("auto" follows what built the index)."""
+        if self._embedder is not None:
+            return self._embedder
+        return embedder_for(
+            self.config.embedder_path(),
+            backend=self.config.embedder_backend,
+            cache_dir=self.folder / ONNX_CACHE,
+            built_with=self.catalog.meta("embedder") if self.exists else None,
+        )
 
     @cached_property
     def reranker(self):
@@ -105,11 +116,9 @@ class Index:
     def check_embedder(self) -> None:
         """Queries must be embedded by the model that embedded the index."""
         stored = self.catalog.meta("embedder")
-        if stored and stored != self.embedder.name:
-            raise RetrievalError(
-                f"the index was built with the embedder {stored}, but retrieval.embedder is now "
-                f"{self.embedder.name}: run `nightjar index PATH` again to re-embed"
-            )
+        problem = mismatch(stored, self.embedder) if stored else None
+        if problem:
+            raise RetrievalError(problem)
 
     def sources(self) -> list[Doc]:
         if not self.exists:

