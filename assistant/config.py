@@ -30,7 +30,8 @@ MODEL_CONSTRAINTS = ("auto", "llamacpp", "vllm", "none")
 
 @dataclass
 class ModelConfig:
-    path: str = ""  # a GGUF to serve; empty: the served model version (the embedded SmolLM2 at first)
+    path: str = ""  # serve exactly this GGUF: no versions, no training; empty: the served model version
+    base: str = ""  # the GGUF versions are trained from (`nightjar models base`); empty: that, or SmolLM2
     n_ctx: int = 4096
     n_threads: int = 0  # 0: one per available core
     n_gpu_layers: int = 0
@@ -110,7 +111,7 @@ class FeedbackConfig:
 
 
 # ---- [train]: the nightly trainer (trainer/ builds its TRL configs from this) ----
-OBJECTIVES = ("dpo", "kto", "raft")
+OBJECTIVES = ("sft", "dpo", "kto", "raft")
 REWARDS = ("model", "dpo", "rules")
 BUSY_ACTIONS = ("wait", "skip")
 
@@ -118,7 +119,7 @@ BUSY_ACTIONS = ("wait", "skip")
 @dataclass
 class TrainConfig:
     # what to train on
-    objective: str = "auto"  # auto (from the data), dpo, kto, raft, or a sequence such as "raft+dpo"
+    objective: str = "auto"  # auto (dpo+kto+sft where rows exist), sft, dpo, kto, raft, or e.g. "raft+dpo"
     min_new_rows: int = 20  # below this many new feedback rows a run does nothing
     replay_fraction: float = 0.5  # older rows replayed, as a fraction of the new ones
     # the LoRA
@@ -138,6 +139,8 @@ class TrainConfig:
     max_length: int = 512  # tokens of prompt + answer; a longer prompt loses its oldest part
     beta: float = 0.1  # DPO / KTO strength of the pull away from the current model
     sft_weight: float = 1.0  # DPO: weight of a likelihood loss on the chosen answers (RPO); 0: plain DPO
+    general_replay: int = 16  # SFT also trains the served model's own answers to this many everyday
+    # questions (data/general_prompts.txt), so a night's style stays where the feedback was; 0: none
     seed: int = 0
     # RAFT: sample K answers per prompt with the current model, keep the best by reward, fine-tune on it
     raft_k: int = 4
@@ -152,6 +155,8 @@ class TrainConfig:
     quant_type: str = ""  # served quantization (Q4_K_M, Q8_0, ...); empty: the base model's type
     # the evaluation gate
     canary_tolerance: float = 0.05  # reference perplexity may rise by at most this fraction
+    min_holdout_rows: int = 8  # held-out rows of a trained kind needed to tell a gain from chance
+    confidence: float = 0.95  # a gain counts when its paired-bootstrap lower bound at this level is above 0
     eval_n_ctx: int = 1024
     # a busy machine (scheduled runs only)
     max_load: float = 1.5  # 1-minute load average per CPU core above which the machine counts as busy
@@ -191,13 +196,18 @@ class TrainConfig:
             "batch_size",
             "raft_k",
             "raft_prompts",
+            "min_holdout_rows",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"train.{name} must be at least 1")
         if self.micro_batch_size < 0:
             problems.append("train.micro_batch_size must be 0 (automatic) or more")
+        if not 0.5 <= self.confidence < 1:
+            problems.append("train.confidence must be at least 0.5 and below 1 (e.g. 0.95)")
         if self.sft_weight < 0:
             problems.append("train.sft_weight must be 0 or more")
+        if self.general_replay < 0:
+            problems.append("train.general_replay must be 0 or more")
         if not 0 <= self.replay_fraction <= 10:
             problems.append("train.replay_fraction must be between 0 and 10")
         if not self.target_modules:

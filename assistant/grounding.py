@@ -214,7 +214,7 @@ class FittedPrompt:
     cut_question: bool = False  # last resort: the start of the question itself
 
 
-def _split_sources(system: str) -> tuple[str, list[tuple[int, str]]] | None:
+def split_sources(system: str) -> tuple[str, list[tuple[int, str]]] | None:
     """A grounded system message as (its head: prompt and instructions, [(n, source block)]), else None."""
     at = system.find(_GROUNDED)
     end = system.find("\n\n", at) if at >= 0 else -1
@@ -240,7 +240,7 @@ def fit_grounded(
     if count(messages) <= budget:
         return FittedPrompt(list(messages))
     first = messages[0] if messages and messages[0]["role"] == "system" else None
-    split = _split_sources(first["content"]) if first else None
+    split = split_sources(first["content"]) if first else None
     if split is None:
         plain = fit(messages, budget, count)
         return FittedPrompt(plain.messages, dropped_turns=plain.dropped_turns, cut_question=plain.truncated)
@@ -299,6 +299,11 @@ def strip_citations(text: str, n_sources: int) -> str:
         return match.group(1) + "[" + ", ".join(map(str, valid)) + "]"
 
     return _CITATION.sub(fix, text)
+
+
+def cited_numbers(text: str) -> set[int]:
+    """The source numbers `text` cites, as `strip_citations` reads citations ('[2, 7]' -> {2, 7})."""
+    return {int(n) for m in _CITATION.finditer(text) for n in re.split(r"[,;]", m.group(2))}
 
 
 class CitationFilter:

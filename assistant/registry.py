@@ -4,7 +4,9 @@ A version is a directory `<home>/models/v<N>/` holding `model.gguf`, its `versio
 data size, metrics, parent) and whatever else the trainer kept (adapter, lineage, rows used, report). It
 appears only by an atomic rename of a complete directory, and the file `<home>/models/CURRENT`, which names
 the served version, is replaced atomically after it: a half-written version is never served. With no
-published version (or after `use base`) the base model, the configured or embedded GGUF, is served.
+published version (or after `use base`) the base model is served: `model.base`, else the GGUF `nightjar
+models base` chose (recorded in `BASE`), else the embedded one. A new base starts a new lineage: it is served
+at once, the trainer trains from it, and the versions of earlier bases stay listed and usable.
 `history.json` lists the versions served so far, for rollback; `LAST` the last version number given out.
 """
 
@@ -25,6 +27,7 @@ from assistant.errors import ModelFileError, NightjarError
 from assistant.modelfile import check_gguf, embedded_llm_path
 
 BASE = "base"
+BASE_FILE = "BASE"
 CURRENT_FILE = "CURRENT"
 HISTORY_FILE = "history.json"
 LAST_FILE = "LAST"
@@ -54,8 +57,15 @@ class Version:
 
 
 def base_model_path(config: Config) -> Path:
-    if config.model.path:
-        return Path(config.model.path).expanduser()
+    """The base of the version lineage: `model.base`, else the one `set_base` chose, else the embedded."""
+    if config.model.base:
+        return Path(config.model.base).expanduser()
+    try:
+        chosen = (config.models_dir / BASE_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        chosen = ""
+    if chosen:
+        return Path(chosen)
     path = embedded_llm_path()
     if path is None:
         raise ModelFileError(
@@ -173,6 +183,21 @@ def publish(config: Config, staging_dir: Path | str, meta: dict[str, Any], *, se
     if serve:
         use(config, name)
     return name
+
+
+def set_base(config: Config, gguf: Path | str) -> Path:
+    """Make `gguf` the base of a new lineage and serve it; returns its resolved path."""
+    if config.model.base:
+        raise NightjarError(
+            f"model.base is set to {config.model.base} in the configuration: change it there instead"
+        )
+    path = check_gguf(Path(gguf).expanduser().resolve())
+    config.models_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(config.models_dir / BASE_FILE, f"{path}\n")
+    history = _history(config)
+    if history[-1] != BASE:
+        _switch(config, BASE, history + [BASE])
+    return path
 
 
 def use(config: Config, name: str) -> None:

@@ -21,8 +21,9 @@ from assistant import config as config_mod
 from assistant import registry, runs
 from assistant.feedback import ReplayBuffer
 from tests.conftest import ROOT
-from trainer import run as run_mod
+from trainer import data, processes, staging, training
 from trainer.objectives import device_plan, trl_args, world_size
+from trainer.run import train
 
 SYSTEM = {"role": "system", "content": "You are Nightjar, a helpful assistant."}
 TOPICS = ["a volcano", "a rainbow", "a comet", "a glacier", "the moon", "a desert", "a piano", "a river"]
@@ -33,6 +34,7 @@ ENV = {
     "NIGHTJAR_TRAIN_MAX_LENGTH": "64",
     "NIGHTJAR_TRAIN_MIN_NEW_ROWS": "4",
     "NIGHTJAR_TRAIN_EVAL_N_CTX": "512",
+    "NIGHTJAR_TRAIN_MIN_HOLDOUT_ROWS": "2",  # the 24 questions' hash split holds 4 out
 }
 
 
@@ -108,7 +110,7 @@ def test_two_cpu_processes_train_one_run(tmp_path: Path):
 
 
 # ---- the rank logic, with accelerate's state faked ----
-class FakeProcesses(run_mod.Processes):
+class FakeProcesses(processes.Processes):
     """`count` processes, this one `rank`; `share` returns what the main process would send (`go`)."""
 
     def __init__(self, count: int, rank: int, go=None) -> None:
@@ -122,7 +124,7 @@ class FakeProcesses(run_mod.Processes):
 
 def test_a_single_process_does_not_start_accelerate():
     code = (
-        "import sys; from trainer.run import processes; p = processes({}); "
+        "import sys; from trainer.processes import processes; p = processes({}); "
         "print(p.count, p.main, 'accelerate' in sys.modules, 'torch.distributed' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
@@ -130,7 +132,7 @@ def test_a_single_process_does_not_start_accelerate():
     assert (
         world_size({}) == 1 and world_size({"WORLD_SIZE": "1"}) == 1 and world_size({"WORLD_SIZE": "4"}) == 4
     )
-    one = run_mod.Processes()
+    one = processes.Processes()
     assert one.share("x") == "x" and one.main
     one.send(None)  # nobody to tell
     assert not one.sent
@@ -153,9 +155,9 @@ def test_device_plan_and_batches_per_process(tmp_path: Path):
 
 def test_the_main_process_tells_the_others_when_there_is_nothing_to_do(home: Path, monkeypatch):
     main = FakeProcesses(2, 0)
-    monkeypatch.setattr(run_mod, "processes", lambda: main)
+    monkeypatch.setattr(processes, "processes", lambda: main)
     config = config_mod.load(home, environ={})
-    result = run_mod.train(config)
+    result = train(config)
     assert result.outcome == "nothing to do"
     assert main.shared == [None], "the others are told to stop, once"
     assert [r["outcome"] for r in runs.all_runs(config)] == ["nothing to do"]
@@ -163,51 +165,57 @@ def test_the_main_process_tells_the_others_when_there_is_nothing_to_do(home: Pat
 
 def test_the_main_process_tells_the_others_when_it_fails(home: Path, monkeypatch):
     main = FakeProcesses(2, 0)
-    monkeypatch.setattr(run_mod, "processes", lambda: main)
+    monkeypatch.setattr(processes, "processes", lambda: main)
     config = config_mod.load(home, environ={})
-    with run_mod.run_lock(config), pytest.raises(Exception, match="another training run"):
-        run_mod.train(config)
+    with staging.run_lock(config), pytest.raises(Exception, match="another training run"):
+        train(config)
     assert main.shared == [None]
 
 
 def test_another_process_stops_quietly_when_the_main_one_stops(home: Path, monkeypatch):
     other = FakeProcesses(2, 1, go=None)
-    monkeypatch.setattr(run_mod, "processes", lambda: other)
+    monkeypatch.setattr(processes, "processes", lambda: other)
     config = config_mod.load(home, environ={})
     seed(home)
-    result = run_mod.train(config)
+    result = train(config)
     assert result.outcome == "nothing for this process" and result.report_dir is None
     assert other.shared == [None]  # it only listened
     assert runs.all_runs(config) == [], "it logs no run"
-    assert not (config.models_dir / run_mod.LOCK_FILE).exists(), "it never takes the lock"
-    assert not (config.models_dir / run_mod.STAGING).exists(), "nor touches staging"
+    assert not (config.models_dir / staging.LOCK_FILE).exists(), "it never takes the lock"
+    assert not (config.models_dir / staging.STAGING).exists(), "nor touches staging"
 
 
 def test_another_process_trains_the_main_process_run_and_publishes_nothing(home: Path, monkeypatch):
     seed(home)
     config = config_mod.load(home, environ={})
-    batch = run_mod.data.read(config, seed=config.train.seed)
-    assert run_mod.data.read(config, seed=config.train.seed) == batch, "the read stage is deterministic"
+    batch = data.read(config, seed=config.train.seed)
+    assert data.read(config, seed=config.train.seed) == batch, "the read stage is deterministic"
     tmp = home / "m"
     tmp.mkdir()
-    go = {"run_id": "r1", "batch": batch, "objectives": ["dpo"], "master": tmp, "chain": []}
+    go = {"run_id": "r1", "batch": batch, "objectives": ["dpo"], "master": tmp, "chain": [], "general": []}
     other = FakeProcesses(2, 1, go=go)
-    monkeypatch.setattr(run_mod, "processes", lambda: other)
+    monkeypatch.setattr(processes, "processes", lambda: other)
     trained = []
-    monkeypatch.setattr(run_mod, "_quiet_libraries", lambda threads, processes=1: None)
+    monkeypatch.setattr(processes, "quiet_libraries", lambda threads, processes=1: None)
     monkeypatch.setattr("trainer.objectives.tokenizer", lambda master: "tok")
 
-    def train_all(objectives, config, batch, master, chain, device, tok, staging, stages, notes, procs):
+    def train_all(ctx):
         trained.append(
-            (objectives, master, staging, device.processes, procs.rank, len(batch.train_rows("dpo")))
+            (
+                ctx.objectives,
+                ctx.master,
+                ctx.staging,
+                ctx.device.processes,
+                ctx.procs.rank,
+                len(ctx.batch.train_rows("dpo")),
+            )
         )
-        return {}, {}, []
 
-    monkeypatch.setattr(run_mod, "_train_all", train_all)
-    result = run_mod.train(config)
-    assert trained == [(["dpo"], tmp, config.models_dir / ".staging" / "r1", 2, 1, batch.n_new())]
+    monkeypatch.setattr(training, "train_all", train_all)
+    result = train(config)
+    assert trained == [(["dpo"], tmp, config.models_dir / ".staging" / "r1", 2, 1, len(batch.new["dpo"]))]
     assert result.outcome == "trained" and result.version is None and result.report_dir is None
     assert "process 1 of 2 trained run r1" in result.reasons[0]
-    assert runs.all_runs(config) == [] and not (config.models_dir / run_mod.LOCK_FILE).exists()
+    assert runs.all_runs(config) == [] and not (config.models_dir / staging.LOCK_FILE).exists()
     with ReplayBuffer(config) as buf:  # it consumes nothing
-        assert len(buf.rows("dpo", "train", only_unconsumed=True)) == batch.n_new()
+        assert len(buf.rows("dpo", "train", only_unconsumed=True)) == len(batch.new["dpo"])

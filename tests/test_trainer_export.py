@@ -156,18 +156,18 @@ def test_lora_merged_model_agrees_with_its_gguf_in_llama_cpp(master, model_path,
 def test_bad_inputs_are_refused_with_clear_errors(model_path: Path, tmp_path: Path, config):
     import gguf
 
-    qwen = tmp_path / "qwen.gguf"
-    writer = gguf.GGUFWriter(qwen, "qwen2")
+    mamba = tmp_path / "mamba.gguf"  # an architecture the round trip does not know
+    writer = gguf.GGUFWriter(mamba, "mamba")
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     writer.close()
     with pytest.raises(
-        ModelFileError, match="cannot write back a 'qwen2' model.*supported architectures: llama"
+        ModelFileError, match="cannot write back a 'mamba' model.*supported architectures: llama, qwen2"
     ):
-        export_gguf({}, qwen, tmp_path / "out.gguf")
-    with pytest.raises(ModelFileError, match="cannot write back a 'qwen2' model"):
-        master_mod.ensure_master(config, qwen)
+        export_gguf({}, mamba, tmp_path / "out.gguf")
+    with pytest.raises(ModelFileError, match="cannot write back a 'mamba' model"):
+        master_mod.ensure_master(config, mamba)
     with pytest.raises(ModelFileError, match="unmerged LoRA"):
         export_gguf(
             {"model.layers.0.self_attn.q_proj.lora_A.default.weight": np.zeros(1)},
@@ -191,8 +191,7 @@ def test_an_update_the_base_type_rounds_away_is_served_in_a_finer_type(master, m
     from transformers import AutoModelForCausalLM
 
     from assistant.config import TrainConfig
-    from trainer.quantize import update_kept
-    from trainer.run import _quantize
+    from trainer.quantize import quantize_served, update_kept
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(master, dtype=torch.float32)
@@ -205,14 +204,14 @@ def test_an_update_the_base_type_rounds_away_is_served_in_a_finer_type(master, m
     f32 = export_gguf(state, model_path, tmp_path / "f32.gguf", "F32")
 
     served, notes = tmp_path / "model.gguf", []
-    qtype, kept = _quantize(TrainConfig(), model_path, f32, served, "Q4_1", notes)
+    qtype, kept = quantize_served(TrainConfig(), model_path, f32, served, "Q4_1", notes)
     assert qtype == "Q8_0" and kept > 0.9, (qtype, kept)
     assert len(notes) == 1 and notes[0].startswith("Q4_1 kept ") and "quantizing to Q8_0" in notes[0]
     assert not f32.exists() and read_info(served).quantization == "Q8_0"
 
     f32 = export_gguf(state, model_path, tmp_path / "f32.gguf", "F32")
     forced, notes = tmp_path / "forced.gguf", []
-    qtype, kept = _quantize(TrainConfig(quant_type="q4_1"), model_path, f32, forced, "Q4_1", notes)
+    qtype, kept = quantize_served(TrainConfig(quant_type="q4_1"), model_path, f32, forced, "Q4_1", notes)
     assert qtype == "Q4_1" and kept < 0.2 and "keeps only" in notes[0], (qtype, kept, notes)
     assert update_kept(model_path, model_path)(model_path) == 1.0  # no change: nothing to lose
 
@@ -285,12 +284,13 @@ def test_a_grounded_row_too_long_for_training_is_fitted_as_serving_would(
 
     def kept(rows) -> int:
         args = DPOConfig(**trl_args(cfg, device_plan(cuda=False), tmp_path))
+        model = load_float(master, [])
         trainer = DPOTrainer(
-            model=load_float(master, []),
+            model=model,
             args=args,
             train_dataset=Dataset.from_list(rows),
             processing_class=tok,
-            peft_config=lora_config(cfg),
+            peft_config=lora_config(cfg, model),
         )
         return len(trainer.train_dataset)
 

@@ -24,7 +24,7 @@ from assistant.feedback import ReplayBuffer
 from assistant.feedback.keys import prompt_key, split_of
 from assistant.modelfile import read_info
 from tests.conftest import run_nightjar
-from trainer.run import STAGES
+from trainer.progress import STAGES
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +78,7 @@ ENV = {
     "NIGHTJAR_TRAIN_MAX_STEPS": "10",
     "NIGHTJAR_TRAIN_MAX_LENGTH": "128",
     "NIGHTJAR_TRAIN_EVAL_N_CTX": "512",
+    "NIGHTJAR_TRAIN_MIN_HOLDOUT_ROWS": "5",  # the 40 questions' hash split holds 6 out
 }
 
 
@@ -236,9 +237,12 @@ def test_kto_raft_and_reward_objectives_train_real_adapters(published, home: Pat
     from safetensors.torch import load_file
 
     from trainer import data
+    from trainer.context import RunContext
+    from trainer.lineage import adapters_of
     from trainer.master import ensure_master
-    from trainer.objectives import device_plan, kto, load_float, raft, tokenizer
-    from trainer.run import Stages, _raft_rows, adapters_of
+    from trainer.objectives import device_plan, kto, load_float, sft, tokenizer
+    from trainer.progress import Stages
+    from trainer.training import raft_rows
 
     config = config_mod.load(home, environ={})
     for key, value in dict(
@@ -285,17 +289,19 @@ def test_kto_raft_and_reward_objectives_train_real_adapters(published, home: Pat
         for p, t in model_answers[8:10]
     ]
     batch = data.Batch(new={"dpo": pairs, "sft": fixes, "kto": []})
-    notes: list[str] = []
     with Stages() as stages:
         stages.start("train")
-        rows, stats = _raft_rows(config, batch, master, chain, plan, tok, tmp_path, stages, notes)
-    assert notes == [] and stats["rewards"] == ["dpo", "model", "rules"]
+        ctx = RunContext(
+            config, "raft", tmp_path, stages, batch=batch, master=master, chain=chain, device=plan, tok=tok
+        )
+        rows, stats = raft_rows(ctx)
+    assert ctx.notes == [] and stats["rewards"] == ["dpo", "model", "rules"]
     assert stats["prompts"] == 3 and stats["candidates"] == 3 * 2 + 2, (
         "K samples each, plus the user's answers"
     )
     assert len(rows) == 3 and all(r["completion"][0]["content"].strip() for r in rows)
     assert (tmp_path / "reward-model" / "adapter_model.safetensors").is_file()
-    history = raft.train(load_float(master, chain), tok, rows, config.train, plan, tmp_path / "raft")
+    history = sft.train(load_float(master, chain), tok, rows, config.train, plan, tmp_path / "raft")
     assert next(h for h in history if "loss" in h)["loss"] > 0 and lora_b_nonzero(tmp_path / "raft")
 
     damaged = tmp_path / "damaged"

@@ -2,7 +2,7 @@
 
 The base GGUF is the source of truth for the file's layout: every metadata key (hyperparameters, tokenizer,
 chat template) is copied and only the file type changes; tensors take the base's names, order and shapes
-(see gguf_layout for the name mapping and the llama q/k permutation).
+(see gguf_layout for the name mapping, trainer.architectures for what each architecture changes).
 """
 
 from __future__ import annotations
@@ -39,14 +39,20 @@ def export_gguf(
             raise ModelFileError(f"the model still holds an unmerged LoRA ({hf_name}); merge it first")
     reader = gguf_layout.open_gguf(base_gguf)
     arch = gguf_layout.check_supported(reader, base_gguf)
-    weights = {gguf_name: state[hf] for hf, gguf_name in gguf_layout.gguf_names(reader, state).items()}
+    meta = gguf_layout.Meta(reader, base_gguf)
     base_names = [t.name for t in reader.tensors]
     # a base without output.weight ties its output head to the token embeddings: the head must still be those
-    head = weights.pop("output.weight", None) if "output.weight" not in base_names else None
-    if head is not None and not np.array_equal(_numpy(head), _numpy(weights["token_embd.weight"])):
+    tied = "output.weight" not in base_names
+    head = state.get("lm_head.weight") if tied else None
+    names = gguf_layout.gguf_names(reader, [hf for hf in state if not (tied and hf == "lm_head.weight")])
+    weights = {gguf_name: state[hf] for hf, gguf_name in names.items()}
+    embeddings = weights.get("token_embd.weight")
+    if head is not None and embeddings is not None and not np.array_equal(_numpy(head), _numpy(embeddings)):
         raise ModelFileError("the model's output head differs from the embeddings its base GGUF ties it to")
+    # what the base holds beyond the weights (Llama 3's rope factors) is carried over as it is
+    carried = {t.name: t for t in reader.tensors if t.name in gguf_layout.BASE_ONLY_TENSORS}
     extra = sorted(set(weights) - set(base_names))
-    missing = [name for name in base_names if name not in weights]
+    missing = [name for name in base_names if name not in weights and name not in carried]
     if extra or missing:
         raise ModelFileError(
             f"the model's tensors do not match its base GGUF: extra {extra[:3]}, missing {missing[:3]}"
@@ -58,11 +64,11 @@ def export_gguf(
 
     def arrays() -> Iterator[np.ndarray]:
         for t in reader.tensors:
-            array = _numpy(weights[t.name])
-            n_head = gguf_layout.rope_heads(t.name, reader)
-            if n_head is not None:
-                array = gguf_layout.permute(array, n_head)
             shape, dtype = shape_and_dtype(t)
+            if t.name in carried:
+                array = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape)
+            else:
+                array = arch.to_gguf(t.name, _numpy(weights[t.name]), meta)
             if array.shape != shape:
                 raise ModelFileError(f"tensor {t.name} has shape {array.shape}; the base GGUF has {shape}")
             yield np.ascontiguousarray(array, dtype=dtype)
@@ -70,7 +76,7 @@ def export_gguf(
     file_type = gguf.LlamaFileType.MOSTLY_F16 if out_type == "F16" else gguf.LlamaFileType.ALL_F32
     try:
         infos = [(t.name, *shape_and_dtype(t)) for t in reader.tensors]
-        _write(reader, arch, file_type, out, infos, arrays())
+        _write(reader, arch.name, file_type, out, infos, arrays())
     except OSError as exc:  # typically a full disk
         raise ModelFileError(f"could not write {out}: {exc.strerror or exc}") from exc
     return out

@@ -19,7 +19,7 @@ from assistant import atomic
 from assistant.config import Config
 from assistant.errors import ModelFileError
 from assistant.modelfile import check_gguf
-from trainer import gguf_layout
+from trainer import architectures, gguf_layout
 
 MASTERS = "masters"
 MANIFEST = "master.json"
@@ -74,30 +74,36 @@ def _build(reader, base_gguf: Path, digest: str, out: Path) -> None:
     import gguf
     import torch
     from safetensors.torch import save_file
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, TokenizersBackend
 
-    config = _llama_config(reader)
+    meta = gguf_layout.Meta(reader, base_gguf)
+    arch = architectures.ARCHITECTURES[meta.arch]  # ensure_master checked it is supported
+    config = architectures.hf_config(reader, base_gguf)
     with torch.device("meta"):
-        hf_names = list(LlamaForCausalLM(config).state_dict())
+        hf_names = list(AutoModelForCausalLM.from_config(config).state_dict())
+    if config.tie_word_embeddings:  # the head is the embeddings: one tensor in the file and the checkpoint
+        hf_names = [name for name in hf_names if name != "lm_head.weight"]
     by_gguf_name = {g: hf for hf, g in gguf_layout.gguf_names(reader, hf_names).items()}
 
     tensors: dict[str, torch.Tensor] = {}
     for t in reader.tensors:
+        if t.name in gguf_layout.BASE_ONLY_TENSORS:  # no weight (Llama 3 rope factors): the export copies it
+            continue
         if t.name not in by_gguf_name:
-            raise ModelFileError(f"{base_gguf.name} has a tensor a transformers llama lacks: {t.name}")
-        array = gguf.quants.dequantize(t.data, t.tensor_type)
-        n_head = gguf_layout.rope_heads(t.name, reader)
-        if n_head is not None:
-            array = gguf_layout.unpermute(array, n_head)
+            raise ModelFileError(
+                f"{base_gguf.name} has a tensor a transformers {arch.model_type} model lacks: {t.name}"
+            )
+        array = arch.to_hf(t.name, gguf.quants.dequantize(t.data, t.tensor_type), meta)
         tensors[by_gguf_name[t.name]] = torch.tensor(array, dtype=torch.float32)
-    expected = set(hf_names) - ({"lm_head.weight"} if config.tie_word_embeddings else set())
-    if set(tensors) != expected:
-        missing = sorted(expected - set(tensors))[:3]
-        raise ModelFileError(f"{base_gguf.name} lacks tensors a llama model needs: {missing}")
+    if set(tensors) != set(hf_names):
+        missing = sorted(set(hf_names) - set(tensors))[:3]
+        raise ModelFileError(f"{base_gguf.name} lacks tensors a {arch.model_type} model needs: {missing}")
     save_file(tensors, out / WEIGHTS, metadata={"format": "pt"})
     config.save_pretrained(out)
 
-    tokenizer = AutoTokenizer.from_pretrained(base_gguf.parent, gguf_file=base_gguf.name)
+    # the generic class keeps transformers' conversion of the file's tokenizer verbatim on every load, where
+    # a model-specific one (GemmaTokenizer, Qwen2Tokenizer) rebuilds its own pipeline when loaded again
+    tokenizer = TokenizersBackend.from_pretrained(base_gguf.parent, gguf_file=base_gguf.name)
     template = gguf_layout.field(reader, "tokenizer.chat_template")
     if template:
         tokenizer.chat_template = template
@@ -107,37 +113,9 @@ def _build(reader, base_gguf: Path, digest: str, out: Path) -> None:
     manifest = {
         "source": str(base_gguf.resolve()),
         "source_sha256": digest,
-        "architecture": "llama",
+        "architecture": arch.name,
+        "model_type": arch.model_type,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "files": files,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-
-
-def _llama_config(reader):
-    """A transformers LlamaConfig from a llama GGUF's hyperparameters."""
-    from transformers import LlamaConfig
-
-    def f(key: str, default=None):
-        return gguf_layout.field(reader, key, default)
-
-    n_head, n_head_kv = gguf_layout.heads(reader)
-    hidden = int(f("llama.embedding_length"))
-    tokens = reader.get_field("tokenizer.ggml.tokens")
-    return LlamaConfig(
-        vocab_size=int(f("llama.vocab_size") or len(tokens.data)),
-        hidden_size=hidden,
-        intermediate_size=int(f("llama.feed_forward_length")),
-        num_hidden_layers=int(f("llama.block_count")),
-        num_attention_heads=n_head,
-        num_key_value_heads=n_head_kv,
-        head_dim=int(f("llama.attention.key_length") or f("llama.rope.dimension_count") or hidden // n_head),
-        max_position_embeddings=int(f("llama.context_length", 2048)),
-        rms_norm_eps=float(f("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_parameters={"rope_type": "default", "rope_theta": float(f("llama.rope.freq_base", 10000.0))},
-        tie_word_embeddings=all(t.name != "output.weight" for t in reader.tensors),
-        bos_token_id=f("tokenizer.ggml.bos_token_id"),
-        eos_token_id=f("tokenizer.ggml.eos_token_id"),
-        pad_token_id=f("tokenizer.ggml.padding_token_id"),
-        dtype="float32",
-    )

@@ -1,15 +1,20 @@
-"""Quantize an unquantized GGUF with llama.cpp's own quantizer (llama_model_quantize)."""
+"""Quantize an unquantized GGUF with llama.cpp's own quantizer (llama_model_quantize), and choose the type a
+trained version is served in (`quantize_served`)."""
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from assistant import atomic
+from assistant.config import TrainConfig
 from assistant.errors import ModelFileError
 from assistant.modelfile import check_gguf, read_info
+
+MIN_KEPT = 0.5  # share of the trained update the served quantization must keep (see quantize_served)
 
 
 def qtypes() -> dict[str, int]:
@@ -102,3 +107,28 @@ def ladder(base_type: str, configured: str) -> list[str]:
     if configured:
         return [configured.upper()]
     return list(dict.fromkeys([base_type.upper(), "Q8_0", "F16"]))
+
+
+def quantize_served(
+    cfg: TrainConfig, base_gguf: Path, float_gguf: Path, candidate: Path, base_type: str, notes: list[str]
+) -> tuple[str, float]:
+    """Quantize the float GGUF to the served type; returns (type, share of the update it kept).
+
+    By default the first type of `ladder` that keeps at least `MIN_KEPT` of the update serves: the base's
+    own type usually rounds a small update away (see `update_kept`)."""
+    kept, types, measure = 1.0, ladder(base_type, cfg.quant_type), None
+    for n, qtype in enumerate(types):
+        if qtype == cfg.export_type.upper():  # served unquantized: the float file itself, whole
+            os.replace(float_gguf, candidate)
+            kept = 1.0
+        else:
+            quantize(float_gguf, candidate, qtype, threads=cfg.threads)
+            measure = measure or update_kept(base_gguf, float_gguf)
+            kept = measure(candidate)
+        if kept >= MIN_KEPT or n == len(types) - 1:
+            break
+        notes.append(f"{qtype} kept {kept:.0%} of the update; quantizing to {types[n + 1]} instead")
+    if kept < MIN_KEPT:
+        notes.append(f"{qtype} keeps only {kept:.0%} of the update (train.quant_type)")
+    float_gguf.unlink(missing_ok=True)
+    return qtype, round(kept, 4)

@@ -42,12 +42,19 @@ def markdown(report: dict[str, Any], plots: list[str] = ()) -> str:
     ]
     if "update_kept" in report:
         lines.append(f"- served as: {report['quant_type']} (keeps {report['update_kept']:.0%} of the update)")
+    if report.get("scale"):
+        lines.append(f"- merged at {report['scale']:.0%} of the trained update (see the notes)")
     for reason in report.get("reasons", []):
         lines.append(f"- why: {reason}")
     rows = report.get("rows", {})
     if rows:
-        lines += ["", "## Feedback rows", "", "| kind | new | replayed | held out |", "|---|---|---|---|"]
-        lines += [f"| {k} | {v['new']} | {v['replay']} | {v['holdout']} |" for k, v in rows.items()]
+        lines += ["", "## Feedback rows", "", "| kind | new | this run | replayed | held out |"]
+        lines += ["|---|---|---|---|---|"]
+        lines += [
+            f"| {k} | {v.get('fresh', v['new'])} | {v['new']} | {v['replay']} | {v['holdout']} |"
+            for k, v in rows.items()
+        ]
+        lines += [f"- left out: {line}" for line in report.get("left_out", [])]
     before, after = report.get("before"), report.get("after")
     if before and after:
         lines += [

@@ -127,14 +127,18 @@ def doctor(state: State) -> None:
 
     from assistant import llamacpp
     from assistant.modelfile import read_info
-    from assistant.registry import served_model
+    from assistant.registry import base_model_path, served_model
 
     cfg = state.config
     rows: list[tuple[str, str]] = []
     version, path = served_model(cfg)
     info = read_info(path)
     rows.append(("model", f"{info.path}"))
-    rows.append(("  served version", version))
+    if cfg.model.path:
+        rows.append(("  served version", "model.path: this file exactly, no versions, no training"))
+    else:
+        rows.append(("  served version", version))
+        rows.append(("  base (trained from)", str(base_model_path(cfg))))
     rows.append(
         ("  details", f"{info.name}; arch {info.architecture}; {info.quantization}; {_size(info.size_bytes)}")
     )

@@ -6,15 +6,14 @@ import click
 
 from assistant.cli.base import State, cli, pass_state
 
-OBJECTIVE_CHOICES = ("auto", "dpo", "kto", "raft", "raft+dpo", "raft+kto")
-
 
 @cli.command()
 @click.option(
     "-o",
     "--objective",
-    type=click.Choice(OBJECTIVE_CHOICES),
-    help="What to learn with (default: train.objective; auto: DPO for pairs, KTO for thumbs, else RAFT).",
+    metavar="OBJECTIVE",
+    help="auto, sft, dpo, kto, raft, or a sequence such as raft+dpo (default: train.objective; auto: SFT, "
+    "DPO and KTO, each where there are new rows).",
 )
 @click.option("--dry-run", is_flag=True, help="Say what a run would train on, and stop.")
 @click.option("--report", "show_report", is_flag=True, help="Print the last run's report, and stop.")
@@ -66,7 +65,12 @@ def train(state: State, objective: str | None, dry_run: bool, show_report: bool,
     if result.outcome == "dry run":
         click.echo(f"would train {'+'.join(plan['objectives'])} from {plan['parent']} on {plan['base']}")
         for kind, n in plan["rows"].items():
-            click.echo(f"  {kind}: {n['new']} new, {n['replay']} replayed, {n['holdout']} held out")
+            this_run = f" ({n['new']} this run)" if n["new"] != n["fresh"] else ""
+            click.echo(
+                f"  {kind}: {n['fresh']} new{this_run}, {n['replay']} replayed, {n['holdout']} held out"
+            )
+        for line in plan.get("left_out", []) + plan.get("notes", []):
+            click.echo(f"  {line}")
         for kind, fitting in plan.get("fitting", {}).items():
             click.echo(f"  {kind} at train.max_length: {fitting}")
         click.echo(f"  then quantize to {plan['quant_type']}")

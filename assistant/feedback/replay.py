@@ -222,20 +222,9 @@ class ReplayBuffer:
         `informativeness(row) -> [0, 1]` scores how much a row would teach the current model (e.g. how wrong
         it is on the pair, see `scoring`); without it, a row's origin decides (a correction teaches most).
         """
-        _check(kind, "train")
         s = self.settings
         now = time.time() if now is None else now
-        candidates, consumed = self._candidates()
-        groups = near_duplicate_groups([c.text for c in candidates], s.near_duplicate_similarity)
-        held_out_groups = {g for c, g in zip(candidates, groups, strict=True) if self._split(c) == "holdout"}
-        pool = [
-            (c, g)
-            for c, g in zip(candidates, groups, strict=True)
-            if c.kind == kind
-            and self._split(c) == "train"
-            and g not in held_out_groups
-            and not (s.retention_days and now - c.created_at > s.retention_days * DAY)
-        ]
+        pool, consumed = self._pool(kind, now)
         rng = random.Random(seed)
         keyed = []
         for c, g in pool:
@@ -253,6 +242,29 @@ class ReplayBuffer:
                 per_group[g] = per_group.get(g, 0) + 1
                 chosen.append(c.row)
         return chosen
+
+    def eligible(self, kind: str, now: float | None = None) -> list[dict[str, Any]]:
+        """The train-split rows `sample` may draw from, however many share a question: not near-duplicates
+        of a holdout prompt, and within the retention period."""
+        pool, _ = self._pool(kind, time.time() if now is None else now)
+        return [c.row for c, _ in pool]
+
+    def _pool(self, kind: str, now: float) -> tuple[list[tuple[Candidate, int]], dict[str, int]]:
+        """(candidate, near-duplicate group) of `kind` that training may use, and the consumed counts."""
+        _check(kind, "train")
+        s = self.settings
+        candidates, consumed = self._candidates()
+        groups = near_duplicate_groups([c.text for c in candidates], s.near_duplicate_similarity)
+        held_out_groups = {g for c, g in zip(candidates, groups, strict=True) if self._split(c) == "holdout"}
+        pool = [
+            (c, g)
+            for c, g in zip(candidates, groups, strict=True)
+            if c.kind == kind
+            and self._split(c) == "train"
+            and g not in held_out_groups
+            and not (s.retention_days and now - c.created_at > s.retention_days * DAY)
+        ]
+        return pool, consumed
 
     def mark_consumed(self, run_id: str, kind: str, ids: list[str]) -> None:
         """Record that training run `run_id` consumed these rows of `kind`."""

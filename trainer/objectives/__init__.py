@@ -6,8 +6,9 @@ the model is trained as 4-bit QLoRA in bf16; on the CPU as a plain LoRA in fp32.
 (WORLD_SIZE > 1) every process trains its share of each batch (data-parallel: transformers' Trainer wraps
 the model in DDP), each on its own GPU (the one accelerate made current), or on the CPU over gloo.
 
-Each objective module (dpo, kto, raft, reward) has one `train(...)` that saves its adapter to `out` and
-returns TRL's log history (a list of dicts: loss, rewards/margins, ... per step).
+Each objective module (sft, dpo, kto, reward) has one `train(...)` that saves its adapter to `out` and
+returns TRL's log history (a list of dicts: loss, rewards/margins, ... per step); raft samples and ranks
+answers, which `sft.train` then trains on.
 """
 
 from __future__ import annotations
@@ -138,22 +139,28 @@ def load_for_training(master: Path, adapters: list[Path], plan: Plan, scratch: P
 
 
 def tokenizer(master: Path):
-    from transformers import AutoTokenizer
+    """The master's tokenizer as `master` saved it: the generic class, since a model-specific one (Gemma's,
+    Qwen2's) rebuilds its own pipeline on load and may tokenize differently from the GGUF."""
+    from transformers import TokenizersBackend
 
-    tok = AutoTokenizer.from_pretrained(master)
+    tok = TokenizersBackend.from_pretrained(master)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def lora_config(cfg: TrainConfig, task_type: str = "CAUSAL_LM"):
+def lora_config(cfg: TrainConfig, model, task_type: str = "CAUSAL_LM"):
+    """The LoRA for `model`: `train.target_modules` named as this architecture names them (phi3's fused
+    qkv_proj and gate_up_proj stand for the projections in them)."""
     from peft import LoraConfig
+
+    from trainer.architectures import lora_target_modules
 
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.target_modules),
+        target_modules=lora_target_modules(model.config.model_type, cfg.target_modules),
         task_type=task_type,
         modules_to_save=["score"] if task_type == "SEQ_CLS" else None,
     )

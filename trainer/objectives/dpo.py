@@ -32,4 +32,4 @@ def train(
         beta=cfg.beta, loss_type=list(losses), loss_weights=list(losses.values()), **trl_args(cfg, plan, out)
     )
     columns = ("prompt", "chosen", "rejected")
-    return fit(DPOTrainer, model, tokenizer, rows, columns, args, lora_config(cfg), out, progress)
+    return fit(DPOTrainer, model, tokenizer, rows, columns, args, lora_config(cfg, model), out, progress)

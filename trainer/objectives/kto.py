@@ -34,4 +34,4 @@ def train(
         **trl_args(cfg, plan, out, least=2),
     )
     columns = ("prompt", "completion", "label")
-    return fit(KTOTrainer, model, tokenizer, rows, columns, args, lora_config(cfg), out, progress)
+    return fit(KTOTrainer, model, tokenizer, rows, columns, args, lora_config(cfg, model), out, progress)

@@ -1,5 +1,5 @@
 """RAFT (reward-ranked fine-tuning): sample K answers per prompt with the current model, keep the best by
-reward, and fine-tune on the kept answers (TRL's SFTTrainer, loss on the answer only).
+reward, and fine-tune on the kept answers (`sft.train`).
 
 The answers are sampled from the served GGUF through llama.cpp, so what is ranked is what the user would get.
 A user's own answer to a prompt (a correction or an up-voted answer) joins its candidates.
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.config import TrainConfig
-from trainer.objectives import Plan, Progress, fit, lora_config, trl_args
+from trainer.objectives import Progress
 from trainer.objectives.reward import Messages, rules
 
 Scorer = Callable[[Messages, Messages], float]
@@ -80,20 +80,3 @@ def best(
         "mean_score": statistics.fmean(total) if total else 0.0,
     }
     return rows, stats
-
-
-def train(
-    model,
-    tokenizer,
-    rows: list[dict[str, Any]],
-    cfg: TrainConfig,
-    plan: Plan,
-    out: Path,
-    progress: Progress | None = None,
-) -> list[dict[str, Any]]:
-    """Fine-tune a LoRA with TRL's SFTTrainer on the kept (prompt, completion) rows; adapter to `out`."""
-    from trl import SFTConfig, SFTTrainer
-
-    args = SFTConfig(completion_only_loss=True, **trl_args(cfg, plan, out))
-    columns = ("prompt", "completion")
-    return fit(SFTTrainer, model, tokenizer, rows, columns, args, lora_config(cfg), out, progress)

@@ -34,7 +34,7 @@ def train(
 
     args = RewardConfig(**trl_args(cfg, plan, out))
     model = _scorer_model(master, plan.cuda, tokenizer.pad_token_id)
-    columns, lora = ("prompt", "chosen", "rejected"), lora_config(cfg, "SEQ_CLS")
+    columns, lora = ("prompt", "chosen", "rejected"), lora_config(cfg, model, "SEQ_CLS")
     return fit(RewardTrainer, model, tokenizer, rows, columns, args, lora, out, progress)
 
 
