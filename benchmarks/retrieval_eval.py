@@ -2,7 +2,8 @@
 
 Each corpus document becomes a Markdown file (its title as the heading), indexed by `retrieval.indexer`
 like any user folder; each query is answered by `retrieval.search` in four modes: BM25 only, dense only,
-hybrid (reciprocal rank fusion), and hybrid + cross-encoder reranking (when one is given; none ships offline).
+hybrid (fused as `retrieval.fusion` says: cosine + keyword coverage by default), and hybrid + cross-encoder
+reranking (when one is given).
 Chunks are mapped back to their documents (a document ranks where its best chunk ranks).
 
 Prints nDCG@10, Recall@10, Recall@100 and MRR@10 per mode, and the mean search time per query.
@@ -28,7 +29,7 @@ from pathlib import Path
 from retrieval.config import RetrievalConfig
 from retrieval.index import Index
 from retrieval.indexer import update
-from retrieval.search import search
+from retrieval.search import describe_fusion, search
 
 OUT = Path(__file__).resolve().parent / "out" / "retrieval_eval"
 
@@ -87,9 +88,11 @@ def main() -> None:
         "--embedder", default="", help="a sentence-transformers model (default: the embedded MiniLM)"
     )
     parser.add_argument("--vector-index", default="auto", help="flat, ivf, hnsw or auto")
-    parser.add_argument("--bm25-weight", type=float, default=1.0, help="fusion weight of BM25's ranks")
-    parser.add_argument("--dense-weight", type=float, default=1.0, help="fusion weight of the dense ranks")
-    parser.add_argument("--rrf-k", type=int, default=60, help="reciprocal rank fusion's k")
+    defaults = RetrievalConfig()
+    parser.add_argument("--fusion", default=defaults.fusion, help="convex or rrf (reciprocal rank fusion)")
+    parser.add_argument("--bm25-weight", type=float, default=defaults.bm25_weight, help="BM25's weight")
+    parser.add_argument("--dense-weight", type=float, default=defaults.dense_weight, help="dense's weight")
+    parser.add_argument("--rrf-k", type=int, default=defaults.rrf_k, help="reciprocal rank fusion's k")
     parser.add_argument("--fresh", action="store_true", help="rebuild the index from scratch")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # each figure as soon as it is measured
@@ -105,6 +108,7 @@ def main() -> None:
         vector_index=args.vector_index,
         bm25_candidates=100,
         dense_candidates=100,
+        fusion=args.fusion,
         bm25_weight=args.bm25_weight,
         dense_weight=args.dense_weight,
         rrf_k=args.rrf_k,
@@ -115,8 +119,7 @@ def main() -> None:
     n_docs, n_chunks = index.catalog.counts()
     print(
         f"index {n_docs} documents, {n_chunks} chunks, vectors {index.snapshot().vectors.kind}, "
-        f"embedder {index.embedder.name}\nfusion: RRF k={config.rrf_k}, weights bm25 {config.bm25_weight} / "
-        f"dense {config.dense_weight}"
+        f"embedder {index.embedder.name}\nfusion: {describe_fusion(config)}"
     )
 
     ids = [q for q in queries if q in qrels]

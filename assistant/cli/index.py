@@ -145,17 +145,15 @@ def search_command(state: State, query: tuple[str, ...], limit: int, explain: bo
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
     else:
         if explain:
+            from retrieval.search import describe_fusion
+
             how = (
                 f"reranking: the top {config.rerank_candidates} by the cross-encoder {reranker.name}"
                 if reranker is not None
                 else "reranking: skipped, no cross-encoder is configured (set retrieval.reranker to a "
                 "CrossEncoder path or hub id, e.g. cross-encoder/ms-marco-MiniLM-L-6-v2)"
             )
-            click.secho(
-                f"fusion: reciprocal rank, k={config.rrf_k}, weights bm25 {config.bm25_weight} / dense "
-                f"{config.dense_weight}; {how}",
-                dim=True,
-            )
+            click.secho(f"fusion: {describe_fusion(config)}; {how}", dim=True)
         for n, hit in enumerate(hits, 1):
             click.secho(f"{n}. {hit.chunk.source}  {hit.chunk.location}", bold=True, nl=False)
             click.echo(f"   score {hit.score:.4f}")
