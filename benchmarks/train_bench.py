@@ -209,7 +209,7 @@ def main() -> None:
             print(f"running {n} {'grounded questions' if args.grounded else 'pairs'} ...", flush=True)
             results.append(run_size(n, overrides, cache, grounded=bool(args.grounded)))
         master = next(cache.iterdir())
-        base_tps = baseline_tokens_per_s(master, seq_len=256)
+        base_tps = baseline_tokens_per_s(master, seq_len=256, rounds=1 if args.model else 3)
     finally:
         shutil.rmtree(cache.parent, ignore_errors=True)
 
