@@ -33,7 +33,9 @@ if TYPE_CHECKING:
     from retrieval.catalog import Doc
     from retrieval.indexer import Progress
     from retrieval.indexer import Report as IndexReport
+    from retrieval.reranker_training import RerankerReport
     from retrieval.search import Hit
+    from retrieval.trained_reranker import RerankerVersion
 
 
 @dataclass
@@ -349,6 +351,76 @@ class Assistant:
     def search(self, query: str, k: int = 5) -> list[Hit]:
         """The k best chunks for `query`, each with its scores at every stage."""
         return self.documents.hits(query, k)
+
+    # ---- the trained reranker ----
+    def train_reranker(
+        self, queries: int | None = None, progress: Callable[[str, int, int], None] | None = None
+    ) -> RerankerReport:
+        """Train a reranker on the indexed documents: the served model writes questions for sampled
+        passages, the user's approved answers add theirs; the new version serves only if it beats the
+        ranking that serves now on held-out questions (see retrieval/reranker_training.py)."""
+        from collections import Counter
+
+        from assistant.reranker_queries import feedback_examples, generated_examples
+        from retrieval.reranker_training import train_reranker
+
+        if not self.documents.available():
+            raise NightjarError("no documents are indexed yet: add some with `nightjar index PATH`")
+        index = self.documents.index
+        n = queries or self.config.retrieval.reranker_queries
+        with user_errors():
+            generated, left_out = generated_examples(self.engine, index, n, progress=progress)
+            feedback, not_paired = feedback_examples(self.feedback_store)
+            report = train_reranker(
+                index, generated + feedback, dict(Counter(left_out) + Counter(not_paired)), progress
+            )
+        index.__dict__.pop("reranker", None)  # the next search serves what is in use now
+        return report
+
+    def reranker_due(self) -> str | None:
+        """Why the nightly run should train the reranker now (None: `reranker_nightly` is off, nothing is new
+        since its last run, nothing is indexed, or a named cross-encoder or `trained_reranker = false` makes
+        it moot)."""
+        from assistant.reranker_queries import feedback_examples
+        from retrieval.trained_reranker import RerankerVersions
+
+        r = self.config.retrieval
+        if not r.reranker_nightly or r.reranker or not r.trained_reranker or not self.documents.available():
+            return None
+        with user_errors():
+            last = RerankerVersions(self.config.index_dir).last_run()
+            generation = self.documents.index.catalog.generation()
+        if last is None:
+            return "no reranker was trained on these documents yet"
+        if last.get("index_generation") != generation:
+            return "the documents changed since the reranker's last run"
+        approved = len(feedback_examples(self.feedback_store)[0])
+        if approved > last.get("examples", {}).get("feedback", 0):
+            return "answers you approved cite sources the reranker has not learned from"
+        return None
+
+    def rerankers(self) -> tuple[list[RerankerVersion], RerankerVersion | None]:
+        """The trained reranker versions (oldest first) and the one in use."""
+        from retrieval.trained_reranker import RerankerVersions
+
+        versions = RerankerVersions(self.config.index_dir)
+        with user_errors():
+            return versions.list(), versions.current()
+
+    def last_reranker_run(self) -> dict[str, Any] | None:
+        """The latest reranker training run's report (kept or not), as written."""
+        from retrieval.trained_reranker import RerankerVersions
+
+        return RerankerVersions(self.config.index_dir).last_run()
+
+    def rollback_reranker(self) -> RerankerVersion | None:
+        """Serve the trained reranker used before the current one (None: no trained reranker)."""
+        from retrieval.trained_reranker import RerankerVersions
+
+        with user_errors():
+            previous = RerankerVersions(self.config.index_dir).rollback()
+        self.documents.index.__dict__.pop("reranker", None)
+        return previous
 
     # ---- model versions ----
     def versions(self) -> list[Version]:

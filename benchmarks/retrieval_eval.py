@@ -8,7 +8,13 @@ Chunks are mapped back to their documents (a document ranks where its best chunk
 
 Prints nDCG@10, Recall@10, Recall@100 and MRR@10 per mode, and the mean search time per query.
 
+With --train-reranker N, Nightjar's own reranker is first trained on the same index as `nightjar reranker
+train` trains it (the embedded model writes N questions for sampled passages; minutes per stage printed),
+published whatever its held-out gain so that it can be measured (what the gate would have decided is
+printed), and measured as a fourth mode, "hybrid+trained", with its cost per query for the fused top 20.
+
     python benchmarks/retrieval_eval.py ../shared/data/nq-open/derived_beir [--queries N] [--reranker PATH]
+    python benchmarks/retrieval_eval.py benchmarks/out/pubmedqa_beir --train-reranker 400   # pubmedqa_beir.py
 
 The index is kept under benchmarks/out/ (re-runs embed nothing new); --fresh rebuilds it.
 """
@@ -24,6 +30,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 from retrieval.config import RetrievalConfig
@@ -93,6 +100,13 @@ def main() -> None:
     parser.add_argument("--bm25-weight", type=float, default=defaults.bm25_weight, help="BM25's weight")
     parser.add_argument("--dense-weight", type=float, default=defaults.dense_weight, help="dense's weight")
     parser.add_argument("--rrf-k", type=int, default=defaults.rrf_k, help="reciprocal rank fusion's k")
+    parser.add_argument(
+        "--train-reranker",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train Nightjar's reranker here (the embedded model writes N questions), then measure it",
+    )
     parser.add_argument("--fresh", action="store_true", help="rebuild the index from scratch")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # each figure as soon as it is measured
@@ -128,6 +142,9 @@ def main() -> None:
     modes = [("BM25", "bm25", False), ("dense", "dense", False), ("hybrid", "hybrid", False)]
     if args.reranker:
         modes.append(("hybrid+rerank", "hybrid", True))
+    elif args.train_reranker:
+        train_reranker(index, args.train_reranker)
+        modes.append(("hybrid+trained", "hybrid", True))
     search(index, "warm up", k=10)
     print(
         f"\n{len(ids)} queries\n{'mode':16}{'nDCG@10':>9}{'R@10':>8}{'R@100':>8}{'MRR@10':>8}{'ms/query':>10}"
@@ -147,8 +164,73 @@ def main() -> None:
             f"{name:16}{mean['nDCG@10']:9.4f}{mean['Recall@10']:8.4f}{mean['Recall@100']:8.4f}"
             f"{mean['MRR@10']:8.4f}{1000 * statistics.fmean(times):10.1f}"
         )
-    if not args.reranker:
-        print("hybrid+rerank   skipped: no cross-encoder given (--reranker PATH); none ships offline")
+    if args.reranker or args.train_reranker:
+        rerank_latency(index, [queries[q] for q in ids[:200]])
+    else:
+        print("hybrid+rerank   skipped: no cross-encoder given (--reranker PATH or --train-reranker N)")
+
+
+def train_reranker(index: Index, n: int) -> None:
+    """Train a reranker on this index as `nightjar reranker train` does (the embedded model writes `n`
+    questions), published whatever the gate says so that it can be measured; what the gate would have
+    decided at the default reranker_min_gain is printed."""
+    from assistant.engine import LlamaCppEngine
+    from assistant.modelfile import embedded_llm_path
+    from assistant.reranker_queries import generated_examples
+    from retrieval.reranker_training import Example
+    from retrieval.reranker_training import train_reranker as train
+
+    shutil.rmtree(index.folder / "rerankers", ignore_errors=True)  # judged against fusion, not a last run
+    start = time.perf_counter()
+    cache = index.folder.parent / f"questions-{n}.json"  # the same questions again, for a re-run
+    if cache.is_file():
+        saved = json.loads(cache.read_text(encoding="utf-8"))
+        examples = [Example(e["query"], e["positive"], e["origin"]) for e in saved["examples"]]
+        left_out = saved["left_out"]
+    else:
+        engine = LlamaCppEngine(embedded_llm_path(), n_ctx=2048)
+        examples, left_out = generated_examples(engine, index, n)
+        saved = {"examples": [asdict(e) for e in examples], "left_out": left_out}
+        cache.write_text(json.dumps(saved), encoding="utf-8")
+    written = time.perf_counter() - start
+    default_gain = index.config.reranker_min_gain
+    index.config.reranker_min_gain = -1.0  # publish, to measure it
+    report = train(index, examples, left_out)
+    index.config.reranker_min_gain = default_gain
+    index.__dict__.pop("reranker", None)
+    total = time.perf_counter() - start
+    held = report.heldout
+    print(
+        f"\ntrained reranker {report.version}: {n} passages, {len(examples)} questions written in "
+        f"{written / 60:.1f} min; {report.train_queries} trained on, {held.get('queries', 0)} held out; "
+        f"left out {report.left_out}"
+    )
+    print(f"  seconds per stage {report.seconds}; whole run {total / 60:.1f} min")
+    if held:
+        gain = held["after"]["mrr"] - held["before"]["mrr"]
+        verdict = "keep" if gain >= default_gain else "reject"
+        before, after = held["before"]["mrr"], held["after"]["mrr"]
+        print(
+            f"  held-out generated questions MRR@10 {before:.3f} -> {after:.3f}: the gate "
+            f"(reranker_min_gain {default_gain}) would {verdict} it"
+        )
+
+
+def rerank_latency(index: Index, texts: list[str]) -> None:
+    """Milliseconds the reranker takes to score the fused top `rerank_candidates` of a query."""
+    reranker = index.reranker
+    times = []
+    for q in texts:
+        hits = search(index, q, k=index.config.rerank_candidates, rerank=False)
+        start = time.perf_counter()
+        reranker.score(q, [h.chunk.indexed_text for h in hits])
+        times.append(1000 * (time.perf_counter() - start))
+    times.sort()
+    p95 = times[int(0.95 * (len(times) - 1))]
+    print(
+        f"reranking {index.config.rerank_candidates} candidates: p50 {statistics.median(times):.0f} ms, "
+        f"p95 {p95:.0f} ms ({len(times)} queries)"
+    )
 
 
 if __name__ == "__main__":

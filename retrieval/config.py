@@ -39,13 +39,22 @@ class RetrievalConfig:
     # search
     bm25_candidates: int = 50  # BM25 top-k fed to fusion
     dense_candidates: int = 50  # dense top-k fed to fusion
-    # fusion: see FUSIONS. nDCG@10 measured by benchmarks/retrieval_eval.py (BM25 / dense / rrf with equal
-    # weights / convex 0.15-0.85): nq-open 0.851 / 0.954 / 0.920 / 0.955; PubMedQA 0.968 / 0.984 / 0.981 / 0.988
+    # fusion: see FUSIONS. nDCG@10 by benchmarks/retrieval_eval.py (BM25 / dense / rrf with equal weights /
+    # convex 0.15-0.85): nq-open 0.851 / 0.954 / 0.920 / 0.955; PubMedQA 0.968 / 0.984 / 0.981 / 0.988
     fusion: str = "convex"
     bm25_weight: float = 0.15
     dense_weight: float = 0.85
     rrf_k: int = 60  # fusion = "rrf": score = sum(weight / (rrf_k + rank))
     rerank_candidates: int = 20  # fused top-N the cross-encoder reorders
+    # the reranker Nightjar trains on your documents (`nightjar reranker train`): used when a version beat
+    # the fused ranking on held-out queries and no `reranker` is named (a named one wins)
+    trained_reranker: bool = True
+    # the scheduled nightly run trains it too when the documents or approved answers changed. Off: on the
+    # sets measured (benchmarks/retrieval_eval.py --train-reranker) it ranks below fusion and is not kept
+    reranker_nightly: bool = False
+    reranker_queries: int = 400  # passages the model writes a question for, per training run
+    reranker_epochs: int = 3
+    reranker_min_gain: float = 0.01  # held-out MRR@10 gain a new version needs over what serves
     sources: int = 5  # chunks given to the model as numbered sources (fewer if the context is short)
     # a chunk is relevant enough to answer from when its dense cosine similarity to the question reaches
     # min_relevance, or its keyword coverage (share of the question's BM25 weight it matches) reaches
@@ -73,6 +82,8 @@ class RetrievalConfig:
             problems.append(f"retrieval.fusion must be one of {', '.join(FUSIONS)}, not '{self.fusion}'")
         if self.bm25_weight < 0 or self.dense_weight < 0 or self.bm25_weight + self.dense_weight <= 0:
             problems.append("retrieval.bm25_weight and dense_weight must be 0 or more, and not both 0")
+        if self.reranker_queries < 1 or self.reranker_epochs < 1:
+            problems.append("retrieval.reranker_queries and reranker_epochs must be at least 1")
         if self.store not in STORES:
             problems.append(f"retrieval.store must be one of {', '.join(STORES)}, not '{self.store}'")
         if self.vector_index not in VECTOR_INDEXES:

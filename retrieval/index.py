@@ -99,12 +99,21 @@ class Index:
 
     @cached_property
     def reranker(self):
-        """The configured CrossEncoder, or None: with no cross-encoder configured, reranking is skipped."""
-        if self._reranker is not None or not self.config.reranker:
+        """What reorders the fused top candidates: the CrossEncoder named in config (it wins), else the
+        trained version in use (retrieval.trained_reranker), else None: reranking is skipped."""
+        if self._reranker is not None:
             return self._reranker
-        from retrieval.rerank import CrossEncoderReranker
+        if self.config.reranker:
+            from retrieval.rerank import CrossEncoderReranker
 
-        return CrossEncoderReranker(self.config.reranker)
+            return CrossEncoderReranker(self.config.reranker)
+        if self.config.trained_reranker:
+            from retrieval.trained_reranker import OnnxCrossEncoder, RerankerVersions
+
+            current = RerankerVersions(self.folder).current()
+            if current is not None:
+                return OnnxCrossEncoder(current)
+        return None
 
     def is_empty(self) -> bool:
         return not self.exists or self.catalog.counts()[0] == 0

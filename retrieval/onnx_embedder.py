@@ -76,22 +76,24 @@ def _quiet():
         logging.disable(logging.NOTSET)
 
 
-def export(folder: Path, target: Path, quantized: bool) -> None:
+def export(folder: Path, target: Path, quantized: bool, output: str = "last_hidden_state") -> None:
     """Export the transformer of the sentence-transformers `folder` to the ONNX file `target` (int8 when
-    `quantized`): built in a temporary folder next to `target`, then renamed into place."""
+    `quantized`): built in a temporary folder next to `target`, then renamed into place. `output` is
+    "last_hidden_state" (an embedder) or "logits" (a sequence classifier: the trained reranker)."""
     offline()
     import inspect
 
     import torch
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
     quiet_transformers()
+    kind = AutoModel if output == "last_hidden_state" else AutoModelForSequenceClassification
     try:
         # eager attention exports as plain MatMul/Softmax, which onnxruntime runs (and quantizes) best
-        model = AutoModel.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager")
+        model = kind.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager")
     except Exception as exc:  # a missing or broken model surfaces as many exception types
         raise RetrievalError(
-            f"cannot load the embedder '{folder}' to export it ({type(exc).__name__}); set "
+            f"cannot load the model '{folder}' to export it ({type(exc).__name__}); set "
             "retrieval.embedder to a local sentence-transformers folder"
         ) from exc
     model.eval()
@@ -99,27 +101,29 @@ def export(folder: Path, target: Path, quantized: bool) -> None:
     if "token_type_ids" in inspect.signature(model.forward).parameters:
         names.append("token_type_ids")
 
-    class LastHidden(torch.nn.Module):
+    class Output(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
         def forward(self, *inputs):
-            return self.model(**dict(zip(names, inputs, strict=True))).last_hidden_state
+            return getattr(self.model(**dict(zip(names, inputs, strict=True))), output)
 
     example = tuple(torch.ones(2, 16, dtype=torch.long) for _ in names)
-    axes = {name: {0: "batch", 1: "tokens"} for name in [*names, "last_hidden_state"]}
+    axes = {name: {0: "batch", 1: "tokens"} for name in names} | {output: {0: "batch"}}
+    if output == "last_hidden_state":
+        axes[output][1] = "tokens"
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as tmp:
         full = Path(tmp) / "model.onnx"
         with _quiet(), torch.inference_mode():
             torch.onnx.export(
-                LastHidden(),
+                Output(),
                 example,
                 str(full),
                 dynamo=False,  # the TorchScript exporter: needs no onnxscript, exports BERT as is
                 input_names=names,
-                output_names=["last_hidden_state"],
+                output_names=[output],
                 dynamic_axes=axes,
                 opset_version=OPSET,
             )

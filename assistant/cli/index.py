@@ -150,8 +150,8 @@ def search_command(state: State, query: tuple[str, ...], limit: int, explain: bo
             how = (
                 f"reranking: the top {config.rerank_candidates} by the cross-encoder {reranker.name}"
                 if reranker is not None
-                else "reranking: skipped, no cross-encoder is configured (set retrieval.reranker to a "
-                "CrossEncoder path or hub id, e.g. cross-encoder/ms-marco-MiniLM-L-6-v2)"
+                else "reranking: skipped, no reranker (`nightjar reranker train` trains one on your "
+                "documents, or set retrieval.reranker to a CrossEncoder)"
             )
             click.secho(f"fusion: {describe_fusion(config)}; {how}", dim=True)
         for n, hit in enumerate(hits, 1):

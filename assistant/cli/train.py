@@ -87,6 +87,19 @@ def train(state: State, objective: str | None, dry_run: bool, show_report: bool,
         click.echo(f"  {reason}")
     if result.report_dir:
         click.echo(f"report: {result.report_dir / 'report.md'}")
+    if scheduled and result.outcome != "skipped":  # a busy machine skips the reranker too
+        nightly_reranker(state)
+
+
+def nightly_reranker(state: State) -> None:
+    """The scheduled run also trains the reranker, when the documents or the approved answers changed."""
+    why = state.assistant.reranker_due()
+    if why is None:
+        return
+    click.echo(f"reranker: training ({why})")
+    report = state.assistant.train_reranker()
+    verdict = f"published {report.version}" if report.version else "not kept"
+    click.echo(f"  {verdict}: {'; '.join(report.reasons)}")
 
 
 def model_server_hint(config, version: str) -> list[str]:

@@ -335,6 +335,16 @@ class FeedbackStore:
             (),
         )
 
+    def judged(self) -> list[Interaction]:
+        """Interactions with a thumb, a correction or a flag, oldest first."""
+        with self._tx(write=False) as db:
+            return self._load(
+                db,
+                "id IN (SELECT interaction_id FROM feedback WHERE kind IN ('up', 'down', 'correct', 'flag'))"
+                " ORDER BY created_at, rowid",
+                (),
+            )
+
     def flagged(self) -> list[Interaction]:
         """Interactions with a flagged source, oldest first."""
         with self._tx(write=False) as db:
