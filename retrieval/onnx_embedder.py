@@ -34,6 +34,7 @@ import numpy as np
 
 from retrieval.embedder import TransformerEmbedder, offline, quiet_transformers, vectors_name
 from retrieval.errors import RetrievalError
+from retrieval.vectors import fsync_path
 
 EXPORT_VERSION = 1  # bump when the export or the quantization changes: the cached files are made again
 ONNX_BATCH = 1  # texts per run (see OnnxEmbedder.model): one, on each core at once
@@ -53,14 +54,6 @@ def cpu_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -140,9 +133,9 @@ def export(folder: Path, target: Path, quantized: bool, output: str = "last_hidd
                     per_channel=True,  # per-tensor int8 moves vectors by cosine ~0.05, per channel ~0.005
                     weight_type=QuantType.QInt8,
                 )
-        _fsync(done)
+        fsync_path(done)
         os.replace(done, target)
-    _fsync(target.parent)
+    fsync_path(target.parent)
 
 
 class OnnxEmbedder(TransformerEmbedder):

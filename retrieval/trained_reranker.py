@@ -26,6 +26,7 @@ import numpy as np
 
 from retrieval.errors import RetrievalError
 from retrieval.onnx_embedder import cpu_threads
+from retrieval.vectors import fsync_path
 
 FOLDER = "rerankers"
 ONNX_FILE = "model.int8.onnx"
@@ -48,14 +49,6 @@ class RerankerVersion:
         return f"held-out MRR@10 {before['mrr']:.3f} -> {after['mrr']:.3f} ({held.get('queries', 0)} queries)"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class RerankerVersions:
     """The trained rerankers of one index folder."""
 
@@ -76,10 +69,9 @@ class RerankerVersions:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / "state.json.tmp"
         tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        fsync_path(tmp)
         os.replace(tmp, self.root / "state.json")
-        _fsync_dir(self.root)
+        fsync_path(self.root)
 
     def list(self) -> list[RerankerVersion]:
         """Every published version, oldest first."""
@@ -116,7 +108,7 @@ class RerankerVersions:
         report = {**report, "version": name}
         (staged / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
         os.replace(staged, self.root / name)
-        _fsync_dir(self.root)
+        fsync_path(self.root)
         state = self._state()
         if state.get("current"):
             state["history"].append(state["current"])
