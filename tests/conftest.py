@@ -1,4 +1,5 @@
-"""Shared fixtures: a temporary Nightjar home, the real embedded model served by llama.cpp, a CLI runner."""
+"""Shared fixtures: a temporary Nightjar home, the real embedded model served by llama.cpp, a CLI runner, and
+a tiny randomly initialised CrossEncoder folder (a real one, as a user would name in retrieval.reranker)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,26 @@ def run_nightjar(
     return subprocess.run(
         cmd + list(args), capture_output=True, text=True, env=full_env, input=input, timeout=timeout, cwd=ROOT
     )
+
+
+def write_tiny_cross_encoder(folder: Path) -> Path:
+    """A one-layer BERT sequence classifier with the embedded MiniLM's tokenizer, saved as a CrossEncoder
+    folder (random weights, seed 0)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from retrieval.config import embedded_embedder_path
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_embedder_path())
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=1,
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

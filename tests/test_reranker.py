@@ -22,7 +22,7 @@ from retrieval.errors import RetrievalError
 from retrieval.reranker_training import Example, Group, RerankerReport, measure
 from retrieval.search import search
 from retrieval.trained_reranker import ONNX_FILE, OnnxCrossEncoder, RerankerVersions
-from tests.conftest import run_nightjar
+from tests.conftest import run_nightjar, write_tiny_cross_encoder
 
 TOPICS = [
     ("sourdough", "feed the starter with equal weights of flour and water every twelve hours"),
@@ -212,27 +212,11 @@ def test_a_training_run_accounts_for_every_question_and_publishes_what_serves(tr
 
 @pytest.mark.slow
 def test_a_cross_encoder_the_user_names_wins_over_the_trained_one(trained, tmp_path: Path):
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from retrieval.config import embedded_embedder_path
     from retrieval.index import Index
     from retrieval.rerank import CrossEncoderReranker
 
     home, assistant, _, _ = trained
-    folder = tmp_path / "named-cross-encoder"
-    tokenizer = AutoTokenizer.from_pretrained(embedded_embedder_path())
-    torch.manual_seed(0)
-    small = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=1,
-    )
-    BertForSequenceClassification(small).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    folder = write_tiny_cross_encoder(tmp_path / "named-cross-encoder")
     config = assistant.config.retrieval
     assert isinstance(Index(home / "index", config).reranker, OnnxCrossEncoder)  # v1 is in use
     named = Index(home / "index", replace(config, reranker=str(folder)))

@@ -18,6 +18,7 @@ from retrieval.index import Index
 from retrieval.indexer import update
 from retrieval.search import search
 from retrieval.vectors import FaissStore
+from tests.conftest import write_tiny_cross_encoder
 
 
 @cache
@@ -229,24 +230,9 @@ def test_missing_search_files_are_rebuilt_from_the_catalog(corpus, tmp_path: Pat
 
 
 def test_reranking_with_a_real_cross_encoder(corpus, tmp_path: Path):
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
     from retrieval.rerank import CrossEncoderReranker
 
-    folder = tmp_path / "tiny-cross-encoder"
-    tokenizer = AutoTokenizer.from_pretrained(embedded_embedder_path())
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=1,
-    )
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    folder = write_tiny_cross_encoder(tmp_path / "tiny-cross-encoder")
 
     index, _, spy = corpus
     reranking = Index(
