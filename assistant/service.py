@@ -374,7 +374,7 @@ class Assistant:
             report = train_reranker(
                 index, generated + feedback, dict(Counter(left_out) + Counter(not_paired)), progress
             )
-        index.__dict__.pop("reranker", None)  # the next search serves what is in use now
+        index.reload_reranker()  # the next search serves what is in use now
         return report
 
     def reranker_due(self) -> str | None:
@@ -419,7 +419,7 @@ class Assistant:
 
         with user_errors():
             previous = RerankerVersions(self.config.index_dir).rollback()
-        self.documents.index.__dict__.pop("reranker", None)
+        self.documents.index.reload_reranker()
         return previous
 
     # ---- model versions ----

@@ -197,7 +197,7 @@ def train_reranker(index: Index, n: int) -> None:
     index.config.reranker_min_gain = -1.0  # publish, to measure it
     report = train(index, examples, left_out)
     index.config.reranker_min_gain = default_gain
-    index.__dict__.pop("reranker", None)
+    index.reload_reranker()
     total = time.perf_counter() - start
     held = report.heldout
     print(

@@ -115,6 +115,10 @@ class Index:
                 return OnnxCrossEncoder(current)
         return None
 
+    def reload_reranker(self) -> None:
+        """Choose the reranker again on next use (a trained version was published or rolled back)."""
+        self.__dict__.pop("reranker", None)
+
     def is_empty(self) -> bool:
         return not self.exists or self.catalog.counts()[0] == 0
 

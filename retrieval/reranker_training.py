@@ -30,11 +30,11 @@ from retrieval.errors import RetrievalError
 from retrieval.index import Index
 from retrieval.search import search
 from retrieval.trained_reranker import (
-    MAX_TOKENS,
     ONNX_FILE,
     OnnxCrossEncoder,
     RerankerVersion,
     RerankerVersions,
+    pair_tokenizer,
 )
 
 MIN_TRAIN_QUERIES = 16
@@ -96,6 +96,11 @@ class RerankerReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def verdict(self) -> str:
+        """One line: published (which version) or not kept, and why."""
+        return f"{f'published {self.version}' if self.version else 'not kept'}: {'; '.join(self.reasons)}"
+
 
 def _heldout(example: Example) -> bool:
     digest = hashlib.sha256(f"{example.origin}\0{example.query}".encode()).digest()
@@ -155,7 +160,6 @@ def fit(
     """Fine-tune a cross-encoder from the embedder folder `init` on `groups` (softmax over each query's
     passage and its hard negatives) and save it, with its tokenizer, as a transformers folder `out`."""
     import torch
-    from tokenizers import Tokenizer
     from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
     from retrieval.embedder import offline, quiet_transformers
@@ -164,9 +168,7 @@ def fit(
     quiet_transformers()
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(str(init), num_labels=1, local_files_only=True)
-    tok = Tokenizer.from_file(str(init / "tokenizer.json"))
-    tok.enable_truncation(MAX_TOKENS, strategy="only_second")
-    tok.enable_padding(pad_id=tok.token_to_id("[PAD]") or 0)
+    tok = pair_tokenizer(init, padded=True)
     steps = epochs * math.ceil(len(groups) / BATCH_QUERIES)
     # the score head starts random: it learns at HEAD_LEARNING_RATE, the pretrained body at LEARNING_RATE
     head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]

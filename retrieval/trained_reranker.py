@@ -143,6 +143,20 @@ class RerankerVersions:
         return self.current()
 
 
+def pair_tokenizer(folder: Path, padded: bool):
+    """The (query, passage) tokenizer of a cross-encoder folder, the same for training and serving: cut at
+    MAX_TOKENS, the passage giving way and never the query; `padded` to the longest pair of a batch."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.enable_truncation(MAX_TOKENS, strategy="only_second")
+    if padded:
+        tok.enable_padding(pad_id=tok.token_to_id("[PAD]") or 0)
+    else:
+        tok.no_padding()
+    return tok
+
+
 class OnnxCrossEncoder:
     """A trained version served by onnxruntime (int8, no torch): one (query, passage) pair per run, a run
     on each core at once, as the ONNX embedder does."""
@@ -153,12 +167,7 @@ class OnnxCrossEncoder:
 
     @cached_property
     def encoder(self):
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_file(str(self.version.folder / "model" / "tokenizer.json"))
-        tok.enable_truncation(MAX_TOKENS, strategy="only_second")  # the passage gives way, never the query
-        tok.no_padding()
-        return tok
+        return pair_tokenizer(self.version.folder / "model", padded=False)
 
     @cached_property
     def session(self):

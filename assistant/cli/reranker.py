@@ -90,8 +90,7 @@ def train_cmd(state: State, queries: int | None, as_json: bool) -> None:
         click.echo(f"questions: {given}; {report.train_queries} trained on")
         for reason, n in report.left_out.items():
             click.echo(f"  left out {n}: {reason}")
-        verdict = f"published {report.version}" if report.version else "not kept"
-        click.echo(f"{verdict}: {'; '.join(report.reasons)}")
+        click.echo(report.verdict)
         if report.seconds:
             click.echo("seconds: " + ", ".join(f"{k} {v}" for k, v in report.seconds.items()))
         if report.version and state.config.retrieval.reranker:

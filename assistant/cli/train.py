@@ -97,9 +97,7 @@ def nightly_reranker(state: State) -> None:
     if why is None:
         return
     click.echo(f"reranker: training ({why})")
-    report = state.assistant.train_reranker()
-    verdict = f"published {report.version}" if report.version else "not kept"
-    click.echo(f"  {verdict}: {'; '.join(report.reasons)}")
+    click.echo(f"  {state.assistant.train_reranker().verdict}")
 
 
 def model_server_hint(config, version: str) -> list[str]:
