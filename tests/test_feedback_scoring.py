@@ -9,6 +9,8 @@ import pytest
 from assistant.config import Config
 from assistant.feedback import ReplayBuffer
 from assistant.feedback.scoring import NEUTRAL, ModelScorer
+from assistant.grounding import grounded_messages, split_sources
+from assistant.sources import Source
 
 PROMPT = [
     {"role": "system", "content": "Answer briefly."},
@@ -67,3 +69,46 @@ def test_sampling_prefers_rows_the_model_gets_wrong(config: Config, scorer: Mode
         buf.add_preference(PROMPT, WRONG, RIGHT)  # and disagrees with this one (someone's odd taste)
         (picked,) = buf.sample("dpo", n=1, informativeness=scorer)
     assert picked["chosen"] == WRONG
+
+
+def test_a_pair_is_judged_on_one_fitted_prompt_evaluated_once(model_path: Path, scorer: ModelScorer):
+    """A grounded prompt too long for the context beside the longer reply: both replies are scored after the
+    same fitted prompt (the same sources), and that prompt is evaluated once."""
+    text = "the harbour ferry leaves at dawn and returns late. " * 18
+    sources = [Source(f"notes/{n}.md", "", f"Note {n}: {text}", n) for n in range(1, 9)]
+    prompt = grounded_messages("Answer briefly.", [], "When does the ferry leave?", sources)
+    long = [{"role": "assistant", "content": "It leaves at dawn [1]. " + "It returns late in the day. " * 40}]
+    short = [{"role": "assistant", "content": "At dawn [1]."}]
+    render = scorer.engine.render
+    assert scorer.engine.count_tokens(render(prompt + long, add_generation_prompt=False)) > 512
+    evaluated = []
+    original = scorer.llm.eval
+    scorer.llm.eval = lambda ids: (evaluated.append(len(ids)), original(ids))
+    try:
+        chosen, rejected = scorer.pair_logprobs(prompt, long, short)
+    finally:
+        scorer.llm.eval = original
+    assert chosen is not None and rejected is not None
+    fitted = scorer._fitted(prompt, [long, short])
+    kept = [n for n, _ in split_sources(fitted[0]["content"])[1]]
+    assert 1 in kept and len(kept) < len(sources)  # uncited sources went, the cited one stayed
+    reply = len(scorer.engine.tokenize(render(fitted + short, add_generation_prompt=False)))
+    reply -= len(scorer.engine.tokenize(render(fitted)))
+    assert len(evaluated) == 2 and evaluated[1] <= reply + 2  # the second reply's tokens only
+    alone = ModelScorer(model_path, n_ctx=512).mean_logprob(fitted, short)
+    assert rejected == pytest.approx(alone, abs=1e-3)  # as if scored alone, on the same sources
+
+
+def test_the_quick_canaries_are_the_full_scorings_own_figures(model_path: Path):
+    """The gate meets a scaled candidate with the quick canaries first: they must be what `score` measures."""
+    from trainer import evaluate
+
+    holdout = {"dpo": [{"id": "p", "prompt": PROMPT, "chosen": RIGHT, "rejected": WRONG}]}
+    quick = evaluate.quick_canaries(model_path, n_ctx=512)
+    full = evaluate.score(model_path, holdout, n_ctx=512)
+    assert quick.general_total == 5 and quick.general_answered == full.general_answered == 5
+    assert quick.general_answers == full.general_answers
+    assert quick.perplexity == pytest.approx(full.perplexity, rel=1e-6) and quick.perplexity > 1
+    assert full.rows["dpo"]["p"] > 0  # the holdout was scored too; the quick ones never score it
+    reused = evaluate.score(model_path, holdout, n_ctx=512, quick=quick)
+    assert reused.perplexity == quick.perplexity and reused.rows == full.rows

@@ -119,15 +119,23 @@ class _Progress:
         pass
 
 
-def _searched(monkeypatch, config, tmp_path, candidates: list[ModelScores]):
+def _searched(monkeypatch, config, tmp_path, candidates: list[ModelScores], scored_fully: list | None = None):
     """Run `gate.judge` with the served model scored as `before` and each rebuilt candidate as the next of
-    `candidates`; returns the context and the factors the adapters were scaled by."""
-    from trainer import candidate, gate, scale
+    `candidates` (a scaled one meets its quick canaries first: the same scores); returns the context and the
+    factors the adapters were scaled by. `scored_fully` collects the scores `_score` was asked for."""
+    from trainer import candidate, evaluate, gate, scale
     from trainer.context import RunContext, RunPlan
 
     scored = iter([scores(dpo=BEFORE), *candidates])
     factors: list[float] = []
-    monkeypatch.setattr(gate, "_score", lambda ctx, gguf, what, half: next(scored))
+    scored_fully = [] if scored_fully is None else scored_fully
+
+    def score(ctx, gguf, what, half, quick=None):
+        scored_fully.append(quick or next(scored))
+        return scored_fully[-1]
+
+    monkeypatch.setattr(gate, "_score", score)
+    monkeypatch.setattr(evaluate, "quick_canaries", lambda gguf, n_ctx, threads: next(scored))
     monkeypatch.setattr(gate.registry, "served_model", lambda config: ("base", tmp_path / "served.gguf"))
     monkeypatch.setattr(scale, "scale_adapters", lambda adapters, factor: factors.append(factor))
     monkeypatch.setattr(candidate, "merge", lambda ctx: {})
@@ -162,6 +170,17 @@ def test_no_scale_that_keeps_the_gain_and_passes_means_rejection(monkeypatch, co
     assert factors == pytest.approx([0.75, 0.5 / 0.75, 0.5]), "75%, 50%, then 25% of the update"
     assert [n.split(" of the update")[0] for n in ctx.notes[:3]] == ["at 75%", "at 50%", "at 25%"]
     assert "held-out gain is lost" in ctx.notes[2] and ctx.notes[3].startswith("no smaller update")
+
+
+def test_a_scale_that_fails_a_quick_canary_is_not_scored_on_the_holdout(monkeypatch, config, tmp_path):
+    too_far = scores(dpo=GAIN, perplexity=11.0)
+    still = scores(dpo=GAIN, general=3)  # the general questions fail at 75%: no held-out scoring for it
+    half = scores(dpo=GAIN, perplexity=10.2)
+    fully: list[ModelScores] = []
+    ctx, _ = _searched(monkeypatch, config, tmp_path, [too_far, still, half], fully)
+    assert ctx.verdict.accepted and ctx.plan.scale == 0.5
+    assert fully[1:] == [too_far, half] and still not in fully  # the served model, the whole update, 50%
+    assert ctx.notes[0] == "at 75% of the update a canary still fails: general questions: 5/5 -> 3/5"
 
 
 def test_a_candidate_without_a_real_gain_is_not_searched(monkeypatch, config, tmp_path):

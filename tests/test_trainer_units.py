@@ -412,7 +412,7 @@ def test_eval_scores_are_remembered_per_model_file_and_holdout(tmp_path: Path, m
 
     calls: list[Path] = []
 
-    def fake_score(gguf, holdout, n_ctx, progress=None, threads=0):
+    def fake_score(gguf, holdout, n_ctx, progress=None, threads=0, quick=None):
         calls.append(gguf)
         return ModelScores(perplexity=float(len(calls)))
 

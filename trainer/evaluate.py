@@ -71,17 +71,17 @@ def score(
     n_ctx: int = 1024,
     progress: Progress | None = None,
     threads: int = 0,
+    quick: ModelScores | None = None,
 ) -> ModelScores:
-    """Score one GGUF on the holdout rows and the canaries (`threads`: llama.cpp's; 0: one per core)."""
-    from assistant.engine import GenParams, chat
+    """Score one GGUF on the holdout rows and the canaries (`threads`: llama.cpp's; 0: one per core);
+    `quick`: its `quick_canaries`, when they were measured already."""
     from assistant.feedback.scoring import ModelScorer
     from trainer import grounded_canary
-    from trainer.perplexity import perplexity
 
     scorer = ModelScorer(gguf, n_ctx=n_ctx, n_threads=threads)
     grounded = grounded_canary.grounded_prompts(holdout)
-    total = 2 * len(holdout.get("dpo", [])) + len(holdout.get("kto", [])) + len(holdout.get("sft", []))
-    total += len(GENERAL_PROMPTS) + 2
+    total = len(holdout.get("dpo", [])) + len(holdout.get("kto", [])) + len(holdout.get("sft", []))
+    total += 3  # the general questions, the grounded ones, the perplexity
     done = 0
 
     def step() -> None:
@@ -98,7 +98,8 @@ def score(
     out = ModelScores(rows={"dpo": {}, "kto": {}, "sft": {}})
     labels = {}
     for row in holdout.get("dpo", []):
-        chosen, rejected = logprob(row["prompt"], row["chosen"]), logprob(row["prompt"], row["rejected"])
+        chosen, rejected = scorer.pair_logprobs(row["prompt"], row["chosen"], row["rejected"])
+        step()
         if chosen is not None and rejected is not None:
             out.rows["dpo"][row["id"]] = chosen - rejected
     for row in holdout.get("kto", []):
@@ -122,22 +123,52 @@ def score(
     if likely := list(out.rows["sft"].values()):
         out.sft_rows, out.sft_logprob = len(likely), statistics.fmean(likely)
 
-    params = GenParams(temperature=0.0, max_tokens=24)
-    for question, words in GENERAL_PROMPTS:
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
-        answer = chat(scorer.engine, messages, params).result().text.strip()
-        out.general_answers.append(answer)
-        out.general_answered += any(w in answer.lower() for w in words)
-        step()
-    out.general_total = len(GENERAL_PROMPTS)
+    quick = quick or _general(scorer.engine, ModelScores())
+    out.general_answers, out.general_answered = quick.general_answers, quick.general_answered
+    out.general_total = quick.general_total
+    step()
     out.grounded = grounded_canary.run(scorer.engine, grounded)
     step()
     scorer.llm.close()
     scorer.engine.llm.close()
-    reference = REFERENCE_TEXT.read_text(encoding="utf-8")
-    out.perplexity = perplexity(gguf, reference, n_ctx=min(n_ctx, 512), threads=threads)
+    out.perplexity = quick.perplexity or _perplexity(gguf, n_ctx, threads)
     step()
     return out
+
+
+def quick_canaries(gguf: Path, n_ctx: int = 1024, threads: int = 0) -> ModelScores:
+    """The general questions and the reference perplexity alone: seconds, where `score` takes minutes. A
+    candidate that fails either needs no more scoring (see gate._scale_down)."""
+    from assistant.engine import LlamaCppEngine
+
+    engine = LlamaCppEngine(gguf, n_ctx=n_ctx, n_threads=threads)
+    try:
+        out = _general(engine, ModelScores())
+    finally:
+        engine.llm.close()
+    out.perplexity = _perplexity(gguf, n_ctx, threads)
+    return out
+
+
+def _general(engine, out: ModelScores) -> ModelScores:
+    """`out` with the engine's greedy answers to GENERAL_PROMPTS and how many were right."""
+    from assistant.engine import GenParams, chat
+
+    params = GenParams(temperature=0.0, max_tokens=24)
+    for question, words in GENERAL_PROMPTS:
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+        answer = chat(engine, messages, params).result().text.strip()
+        out.general_answers.append(answer)
+        out.general_answered += any(w in answer.lower() for w in words)
+    out.general_total = len(GENERAL_PROMPTS)
+    return out
+
+
+def _perplexity(gguf: Path, n_ctx: int, threads: int) -> float:
+    from trainer.perplexity import perplexity
+
+    reference = REFERENCE_TEXT.read_text(encoding="utf-8")
+    return perplexity(gguf, reference, n_ctx=min(n_ctx, 512), threads=threads)
 
 
 def score_cached(
@@ -147,6 +178,7 @@ def score_cached(
     n_ctx: int,
     progress=None,
     threads: int = 0,
+    quick: ModelScores | None = None,
 ) -> ModelScores:
     """`score`, remembered in `cache` (a JSON file) for the same model file and holdout rows: the served
     model is then scored once, not on every retry, and a published candidate's scores serve the next run."""
@@ -161,7 +193,7 @@ def score_cached(
         known = {}
     if key in known:
         return ModelScores.from_dict(known[key])
-    scores = score(gguf, holdout, n_ctx, progress, threads)
+    scores = score(gguf, holdout, n_ctx, progress, threads, quick)
     kept = dict(list(known.items())[-7:])  # the newest few are enough
     kept[key] = scores.to_dict()
     atomic.write_text(cache, json.dumps(kept))

@@ -6,7 +6,9 @@ reference text's perplexity rose, a general question is no longer answered), the
 a fraction of it. The new adapters are scaled (`scale.scale_adapters`: exactly that fraction of the merged
 update) to each of `SCALES` in turn, and each such candidate is rebuilt (merged, exported, quantized) and
 judged again; the first that passes is the candidate, and the report says what it gave up. A scale that loses
-the held-out gain ends the search: smaller ones would only lose more of it.
+the held-out gain ends the search: smaller ones would only lose more of it. Each scaled candidate meets the
+cheap canaries first (general questions, reference perplexity: seconds); only one that passes them is
+scored on the held-out rows and the grounded questions (minutes).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from assistant import registry
 from trainer import candidate
 from trainer.context import RunContext
 from trainer.evaluate import ModelScores
-from trainer.verdict import GateSettings, Verdict, decide
+from trainer.verdict import GateSettings, Verdict, canaries, decide
 
 EVAL_CACHE = ".eval-cache.json"  # scores of model files on holdouts (see evaluate.score_cached)
 SCALES = (0.75, 0.5, 0.25)  # shares of the update tried, strongest first, when all of it fails a canary
@@ -36,8 +38,10 @@ def judge(ctx: RunContext) -> None:
 
 def _scale_down(ctx: RunContext, settings: GateSettings) -> None:
     """Look for the largest of `SCALES` at which the candidate keeps its gain and passes the canaries."""
+    from trainer import evaluate
     from trainer.scale import scale_adapters
 
+    cfg = ctx.config.train
     full, scale = ctx.verdict, 1.0
     for target in SCALES:
         scale_adapters(ctx.new_adapters, target / scale)
@@ -45,7 +49,12 @@ def _scale_down(ctx: RunContext, settings: GateSettings) -> None:
         ctx.stages.update(0, 1, f"candidate at {scale:.0%} of the update")
         candidate.export(ctx, candidate.merge(ctx))
         candidate.quantize(ctx)
-        after = _score(ctx, ctx.candidate, f"candidate at {scale:.0%}", 1)
+        quick = evaluate.quick_canaries(ctx.candidate, cfg.eval_n_ctx, cfg.threads)
+        if failed := [c for c in canaries(ctx.before, quick, settings.tolerance) if not c.passed]:
+            reasons = "; ".join(f"{c.name}: {c.detail}" for c in failed)
+            ctx.notes.append(f"at {scale:.0%} of the update a canary still fails: {reasons}")
+            continue
+        after = _score(ctx, ctx.candidate, f"candidate at {scale:.0%}", 1, quick)
         verdict = _decide(ctx, after, settings)
         if verdict.accepted:
             ctx.after, ctx.verdict, ctx.plan.scale = after, verdict, scale
@@ -63,14 +72,14 @@ def _scale_down(ctx: RunContext, settings: GateSettings) -> None:
     ctx.notes.append("no smaller update keeps the gain and passes the canaries: the candidate is rejected")
 
 
-def _score(ctx: RunContext, gguf, what: str, half: int) -> ModelScores:
+def _score(ctx: RunContext, gguf, what: str, half: int, quick: ModelScores | None = None) -> ModelScores:
     """One model's scores (cached), its progress shown in the first or second half of the stage's bar."""
     from trainer import evaluate
 
     cfg = ctx.config.train
     on = lambda d, t: ctx.stages.update(half * t + d, 2 * t, what)  # noqa: E731
     cache = ctx.config.models_dir / EVAL_CACHE
-    return evaluate.score_cached(cache, gguf, ctx.batch.holdout, cfg.eval_n_ctx, on, cfg.threads)
+    return evaluate.score_cached(cache, gguf, ctx.batch.holdout, cfg.eval_n_ctx, on, cfg.threads, quick)
 
 
 def _decide(ctx: RunContext, after: ModelScores, settings: GateSettings) -> Verdict:

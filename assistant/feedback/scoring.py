@@ -41,27 +41,36 @@ class ModelScorer:
     def mean_logprob(self, prompt: list[Message], completion: list[Message]) -> float | None:
         """Mean log-probability per token of `completion` (end of turn included) after `prompt`, the prompt
         shortened as serving would where the two do not fit the context; None when even that does not."""
+        return self._score(self._fitted(prompt, [completion]), completion)
+
+    def pair_logprobs(
+        self, prompt: list[Message], chosen: list[Message], rejected: list[Message]
+    ) -> tuple[float | None, float | None]:
+        """`mean_logprob` of a pair's two replies after one prompt, fitted so that the longer reply fits:
+        both are judged on the same sources, and that prompt is evaluated once (its logits serve both)."""
+        fitted = self._fitted(prompt, [chosen, rejected])
+        return self._score(fitted, chosen), self._score(fitted, rejected)
+
+    def _score(self, prompt: list[Message], completion: list[Message]) -> float | None:
         prompt_text = self.engine.render(prompt)
         full_text = self.engine.render(prompt + completion, add_generation_prompt=False)
         if (prompt_text, full_text) not in self._seen:  # the same reply is often in several rows
-            texts = self._fitted(prompt, completion, prompt_text, full_text)
-            self._seen[prompt_text, full_text] = self._mean_logprob(*texts)
+            self._seen[prompt_text, full_text] = self._mean_logprob(prompt_text, full_text)
         return self._seen[prompt_text, full_text]
 
-    def _fitted(
-        self, prompt: list[Message], completion: list[Message], prompt_text: str, full_text: str
-    ) -> tuple[str, str]:
-        """The (prompt, full) texts, with the prompt's lowest-ranked uncited sources (then old turns) left
-        out where prompt and completion do not fit the context together."""
+    def _fitted(self, prompt: list[Message], completions: list[list[Message]]) -> list[Message]:
+        """`prompt`, with its lowest-ranked sources that no completion cites (then old turns) left out where
+        it does not fit the context beside the longest of `completions`."""
         engine, n_ctx = self.engine, self.llm.n_ctx()
-        full = engine.count_tokens(full_text)
+        prompt_tokens = engine.count_tokens(engine.render(prompt))
+        full = max(
+            engine.count_tokens(engine.render(prompt + c, add_generation_prompt=False)) for c in completions
+        )
         if full <= n_ctx:
-            return prompt_text, full_text
-        reply = full - engine.count_tokens(prompt_text)
-        cited = {int(n) for m in completion for n in re.findall(r"\[(\d+)\]", m["content"])}
+            return prompt
+        cited = {int(n) for c in completions for m in c for n in re.findall(r"\[(\d+)\]", m["content"])}
         count = lambda m: engine.count_tokens(engine.render(m))  # noqa: E731
-        fitted = fit_grounded(prompt, n_ctx - reply - 8, count, cited).messages
-        return engine.render(fitted), engine.render(fitted + completion, add_generation_prompt=False)
+        return fit_grounded(prompt, n_ctx - (full - prompt_tokens) - 8, count, cited).messages
 
     def _mean_logprob(self, prompt_text: str, full_text: str) -> float | None:
         prompt_ids, full_ids = self.engine.tokenize(prompt_text), self.engine.tokenize(full_text)
@@ -87,8 +96,7 @@ class ModelScorer:
 
     def __call__(self, row: dict[str, Any]) -> float:
         if "chosen" in row:
-            chosen = self.mean_logprob(row["prompt"], row["chosen"])
-            rejected = self.mean_logprob(row["prompt"], row["rejected"])
+            chosen, rejected = self.pair_logprobs(row["prompt"], row["chosen"], row["rejected"])
             if chosen is None or rejected is None:
                 return NEUTRAL
             return 1.0 / (1.0 + math.exp(-SHARPNESS * (rejected - chosen)))
