@@ -1,5 +1,8 @@
-"""Reranking: a sentence-transformers CrossEncoder, named by path or hub id in `retrieval.reranker`, reorders
-the fused top candidates by reading query and passage together.
+"""Reranking: a cross-encoder reorders the fused top candidates by reading query and passage together. It is
+either a sentence-transformers CrossEncoder, named by path or hub id in `retrieval.reranker` (it judges
+alone), or the one Nightjar trains on the user's documents (retrieval/trained_reranker.py), which learns a
+correction to the fused score and is read beside it: candidates are ordered by
+`score + fused_weight x fused score` (`rerank_scores`).
 """
 
 from __future__ import annotations
@@ -13,8 +16,19 @@ from retrieval.embedder import offline, quiet_transformers
 from retrieval.errors import RetrievalError
 
 
+def rerank_scores(reranker, query: str, passages: list[str], fused: list[float] | None) -> np.ndarray:
+    """What a reranker orders candidates by: its score of each (query, passage), plus its `fused_weight`
+    times the candidate's fused score (`fused`; None where the search was not hybrid: its own score then)."""
+    scores = np.asarray(reranker.score(query, passages), dtype=np.float32)
+    if fused is None or not reranker.fused_weight:
+        return scores
+    return scores + np.float32(reranker.fused_weight) * np.asarray(fused, dtype=np.float32)
+
+
 class CrossEncoderReranker:
     """Scores (query, passage) pairs with a sentence-transformers CrossEncoder named in config."""
+
+    fused_weight = 0.0  # it judges alone
 
     def __init__(self, path_or_id: str) -> None:
         local = Path(path_or_id).expanduser()

@@ -8,6 +8,11 @@ whose passage is not among the fused top `rerank_candidates` is left out (the fi
 a passage must rank its own query high), and the others around it are its hard negatives, with the sources
 the user flagged as irrelevant to it. A fifth of the queries (by a hash of the text) are held out.
 
+The cross-encoder learns a correction to fusion, not a ranking from nothing: its score head starts at zero
+and a candidate's fused score, times a learned weight (`fused_weight`, from FUSED_WEIGHT_INIT), is added
+to its output, so that before any step it orders exactly as fusion does and every step is a change to that
+order (a few hundred questions are too few to teach a fresh head to rank as well as fusion already does).
+
 The candidate is kept only when, on the held-out queries, it ranks their passages higher than what serves
 now (the fused order, or the trained version in use) by at least `reranker_min_gain` MRR@10, and no worse on
 the held-out feedback queries; it is judged through its int8 ONNX file, the one that would serve.
@@ -16,6 +21,7 @@ the held-out feedback queries; it is judged through its int8 ONNX file, the one 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 import shutil
@@ -28,9 +34,11 @@ from typing import Any
 
 from retrieval.errors import RetrievalError
 from retrieval.index import Index
+from retrieval.rerank import rerank_scores
 from retrieval.search import search
 from retrieval.trained_reranker import (
     ONNX_FILE,
+    SETTINGS_FILE,
     OnnxCrossEncoder,
     RerankerVersion,
     RerankerVersions,
@@ -44,6 +52,8 @@ NEGATIVES = 3  # hard negatives per query in a training step: the highest-ranked
 BATCH_QUERIES = 8
 LEARNING_RATE = 5e-5
 HEAD_LEARNING_RATE = 1e-3
+# the fused scores of a query's candidates lie within about 0.1 of each other: x20, about 2 nats apart
+FUSED_WEIGHT_INIT = 20.0
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -64,6 +74,11 @@ class Group:
     example: Example
     candidates: list[int]  # fused order, best first; the positive is among them
     texts: dict[int, str]
+    fused: dict[int, float] = field(default_factory=dict)  # fused score by chunk (flagged ones: the lowest)
+
+    def fused_of(self, ids: list[int]) -> list[float]:
+        lowest = min(self.fused.values(), default=0.0)
+        return [self.fused.get(c, lowest) for c in ids]
 
     @property
     def negatives(self) -> list[int]:
@@ -127,7 +142,7 @@ def build_groups(index: Index, examples: list[Example], progress: Progress | Non
         texts = {h.chunk.id: h.chunk.indexed_text for h in hits}
         flagged = [c for c in example.negatives if c not in texts]
         texts.update({cid: row.indexed_text for cid, row in index.catalog.chunks(flagged).items()})
-        groups.append(Group(example, candidates, texts))
+        groups.append(Group(example, candidates, texts, {h.chunk.id: h.score for h in hits}))
         if progress:
             progress("searching", n, len(examples))
     return groups, dict(left_out)
@@ -145,7 +160,7 @@ def measure(groups: list[Group], scorer=None) -> Ranking:
     for g in groups:
         order = g.candidates
         if scorer is not None:
-            scores = scorer.score(g.example.query, [g.texts[c] for c in order])
+            scores = rerank_scores(scorer, g.example.query, [g.texts[c] for c in order], g.fused_of(order))
             order = [c for _, c in sorted(zip(scores, order, strict=True), key=lambda t: -t[0])]
         rank = _rank(order, g.example.positive)
         if rank is not None and rank <= 10:
@@ -158,7 +173,8 @@ def fit(
     groups: list[Group], init: Path, out: Path, epochs: int, progress: Progress | None = None, seed: int = 0
 ) -> None:
     """Fine-tune a cross-encoder from the embedder folder `init` on `groups` (softmax over each query's
-    passage and its hard negatives) and save it, with its tokenizer, as a transformers folder `out`."""
+    passage and its hard negatives, each scored as its correction plus the weighted fused score) and save
+    it, with its tokenizer and its `fused_weight` (SETTINGS_FILE), as a transformers folder `out`."""
     import torch
     from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
@@ -168,10 +184,13 @@ def fit(
     quiet_transformers()
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(str(init), num_labels=1, local_files_only=True)
+    torch.nn.init.zeros_(model.classifier.weight)  # no correction yet: the fused order
+    torch.nn.init.zeros_(model.classifier.bias)
+    weight = torch.nn.Parameter(torch.tensor(FUSED_WEIGHT_INIT))
     tok = pair_tokenizer(init, padded=True)
     steps = epochs * math.ceil(len(groups) / BATCH_QUERIES)
-    # the score head starts random: it learns at HEAD_LEARNING_RATE, the pretrained body at LEARNING_RATE
-    head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]
+    # the score head and the fused weight learn at HEAD_LEARNING_RATE, the pretrained body at LEARNING_RATE
+    head = [weight] + [p for n, p in model.named_parameters() if n.startswith("classifier.")]
     body = [p for n, p in model.named_parameters() if not n.startswith("classifier.")]
     optimizer = torch.optim.AdamW(
         [{"params": body, "lr": LEARNING_RATE}, {"params": head, "lr": HEAD_LEARNING_RATE}], weight_decay=0.01
@@ -185,10 +204,11 @@ def fit(
         rng.shuffle(order)
         for start in range(0, len(order), BATCH_QUERIES):
             batch = order[start : start + BATCH_QUERIES]
-            pairs, sizes = [], []
+            pairs, sizes, fused = [], [], []
             for g in batch:
                 passages = [g.example.positive, *g.negatives[:NEGATIVES]]
                 pairs += [(g.example.query, g.texts[c]) for c in passages]
+                fused += g.fused_of(passages)
                 sizes.append(len(passages))
             enc = tok.encode_batch(pairs)
             inputs = {
@@ -196,7 +216,7 @@ def fit(
                 "attention_mask": torch.tensor([e.attention_mask for e in enc]),
                 "token_type_ids": torch.tensor([e.type_ids for e in enc]),
             }
-            logits = model(**inputs).logits.view(-1)
+            logits = model(**inputs).logits.view(-1) + weight * torch.tensor(fused)
             loss = torch.stack(
                 [
                     torch.nn.functional.cross_entropy(part.unsqueeze(0), torch.zeros(1, dtype=torch.long))
@@ -213,6 +233,7 @@ def fit(
                 progress("training", done, steps)
     model.eval()
     model.save_pretrained(str(out))
+    (out / SETTINGS_FILE).write_text(json.dumps({"fused_weight": weight.item()}), encoding="utf-8")
     for name in TOKENIZER_FILES:
         if (init / name).is_file():
             shutil.copy2(init / name, out / name)

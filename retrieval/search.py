@@ -158,15 +158,18 @@ def search(index: Index, query: str, k: int = 10, mode: str = "hybrid", rerank: 
                 or coverage.get(cid, 0.0) >= config.min_keyword_coverage,
             )
         )
-    return _reranked(hits, query, reranker, config)[:k]
+    return _reranked(hits, query, reranker, config, mode == "hybrid")[:k]
 
 
-def _reranked(hits: list[Hit], query: str, reranker, config: RetrievalConfig) -> list[Hit]:
-    """The fused top `rerank_candidates` reordered by the cross-encoder (the rest keep their place)."""
+def _reranked(hits: list[Hit], query: str, reranker, config: RetrievalConfig, hybrid: bool) -> list[Hit]:
+    """The fused top `rerank_candidates` reordered by the reranker (the rest keep their place)."""
     if reranker is None or not hits:
         return hits
+    from retrieval.rerank import rerank_scores
+
     head = hits[: config.rerank_candidates]
-    scores = reranker.score(query, [h.chunk.indexed_text for h in head])
+    fused = [h.scores["fused"] for h in head] if hybrid else None
+    scores = rerank_scores(reranker, query, [h.chunk.indexed_text for h in head], fused)
     for hit, s in zip(head, scores, strict=True):
         hit.scores["rerank"] = float(s)
         hit.score = float(s)

@@ -30,6 +30,7 @@ from retrieval.vectors import fsync_path
 
 FOLDER = "rerankers"
 ONNX_FILE = "model.int8.onnx"
+SETTINGS_FILE = "reranker.json"  # in model/: {"fused_weight": w} (a version without it judges alone)
 MAX_TOKENS = 256  # query + passage, special tokens included (the embedder's chunks are 256 tokens)
 
 
@@ -164,6 +165,20 @@ class OnnxCrossEncoder:
     def __init__(self, version: RerankerVersion) -> None:
         self.version = version
         self.name = f"trained reranker {version.name}"
+
+    @cached_property
+    def fused_weight(self) -> float:
+        """How much of the fused score its own score is added to (see reranker_training)."""
+        try:
+            settings = json.loads((self.version.folder / "model" / SETTINGS_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return 0.0
+        except ValueError as exc:
+            raise RetrievalError(
+                f"the trained reranker {self.version.name}'s {SETTINGS_FILE} is damaged; "
+                "`nightjar reranker rollback` serves the one before it"
+            ) from exc
+        return float(settings.get("fused_weight", 0.0))
 
     @cached_property
     def encoder(self):

@@ -19,9 +19,10 @@ from assistant.reranker_queries import clean_question, feedback_examples
 from assistant.service import Assistant
 from retrieval import reranker_training
 from retrieval.errors import RetrievalError
+from retrieval.rerank import rerank_scores
 from retrieval.reranker_training import Example, Group, RerankerReport, measure
 from retrieval.search import search
-from retrieval.trained_reranker import ONNX_FILE, OnnxCrossEncoder, RerankerVersions
+from retrieval.trained_reranker import ONNX_FILE, OnnxCrossEncoder, RerankerVersion, RerankerVersions
 from tests.conftest import run_nightjar, write_tiny_cross_encoder
 
 TOPICS = [
@@ -108,6 +109,8 @@ def test_a_killed_run_leaves_the_served_version_and_its_leftovers_are_cleared(tm
 # ---- the gate's measure ----
 class ByLength:
     """Scores a passage by its length: the longest first."""
+
+    fused_weight = 0.0
 
     def score(self, query: str, passages: list[str]):
         return [len(p) for p in passages]
@@ -204,10 +207,39 @@ def test_a_training_run_accounts_for_every_question_and_publishes_what_serves(tr
     query = "How should a fern be watered?"
     hits = search(index, query, k=5)
     fused = search(index, query, k=index.config.rerank_candidates, rerank=False)
-    expected = index.reranker.score(query, [h.chunk.indexed_text for h in fused])
+    texts, scores = [h.chunk.indexed_text for h in fused], [h.scores["fused"] for h in fused]
+    assert index.reranker.fused_weight > 0  # a correction to fusion, read beside it
+    expected = rerank_scores(index.reranker, query, texts, scores)
     by_id = dict(zip([h.chunk.id for h in fused], expected, strict=True))
     assert [h.chunk.id for h in hits] == sorted(by_id, key=lambda c: -by_id[c])[:5]
     assert [h.ranks["rerank"] for h in hits] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.slow
+def test_before_any_step_the_reranker_orders_exactly_as_fusion(trained, tmp_path: Path):
+    """The head starts at zero and the fused score is added to it: an untrained candidate, exported as it
+    would serve, ranks every query's passages as fusion does, so training can only start from fusion."""
+    from retrieval.onnx_embedder import export
+
+    _, assistant, _, _ = trained
+    index = assistant.documents.index
+    questions = [f"What was the advice on {topic} in {place}?" for topic, _ in TOPICS for place in PLACES[:2]]
+    third = [search(index, q, k=3, rerank=False)[2].chunk.id for q in questions]  # not fusion's first
+    examples = [Example(q, c) for q, c in zip(questions, third, strict=True)]
+    groups, _ = reranker_training.build_groups(index, examples)
+    folder = tmp_path / "untrained"
+    reranker_training.fit(groups, Path(index.config.embedder_path()), folder / "model", epochs=0)
+    export(folder / "model", folder / ONNX_FILE, quantized=True, output="logits")
+    untrained = OnnxCrossEncoder(RerankerVersion("untrained", folder, {}))
+    assert untrained.fused_weight == reranker_training.FUSED_WEIGHT_INIT
+    for g in groups:
+        scores = rerank_scores(
+            untrained, g.example.query, [g.texts[c] for c in g.candidates], g.fused_of(g.candidates)
+        )
+        assert [c for _, c in sorted(zip(-scores, g.candidates, strict=True))] == g.candidates
+    assert measure(groups, untrained) == measure(groups) and measure(groups).mrr == pytest.approx(
+        1 / 3, abs=1e-3
+    )
 
 
 @pytest.mark.slow
