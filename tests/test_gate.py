@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 
 import pytest
@@ -119,28 +120,40 @@ class _Progress:
         pass
 
 
+GROUNDED = GroundedCanary(questions=4, cited_ok=3)  # the served model's grounded canary, in `_searched`
+WORSE_GROUNDED = GroundedCanary(questions=4, cited_ok=1)
+
+
 def _searched(monkeypatch, config, tmp_path, candidates: list[ModelScores], scored_fully: list | None = None):
     """Run `gate.judge` with the served model scored as `before` and each rebuilt candidate as the next of
-    `candidates` (a scaled one meets its quick canaries first: the same scores); returns the context and the
-    factors the adapters were scaled by. `scored_fully` collects the scores `_score` was asked for."""
+    `candidates` (each meets its quick canaries first: the same scores); returns the context and the factors
+    the adapters were scaled by. `scored_fully` collects the scores `_score` was asked for."""
     from trainer import candidate, evaluate, gate, scale
     from trainer.context import RunContext, RunPlan
 
-    scored = iter([scores(dpo=BEFORE), *candidates])
+    scored = iter([scores(dpo=BEFORE, grounded=GROUNDED), *candidates])
     factors: list[float] = []
     scored_fully = [] if scored_fully is None else scored_fully
 
+    full_of: dict[int, ModelScores] = {}  # a candidate's quick canaries -> its full scores
+
+    def quick_canaries(gguf, n_ctx, threads):  # no grounded questions: those take the full scoring
+        full = next(scored)
+        quick = dataclasses.replace(full, grounded=GroundedCanary())
+        full_of[id(quick)] = full
+        return quick
+
     def score(ctx, gguf, what, half, quick=None):
-        scored_fully.append(quick or next(scored))
+        scored_fully.append(full_of[id(quick)] if quick else next(scored))
         return scored_fully[-1]
 
     monkeypatch.setattr(gate, "_score", score)
-    monkeypatch.setattr(evaluate, "quick_canaries", lambda gguf, n_ctx, threads: next(scored))
+    monkeypatch.setattr(evaluate, "quick_canaries", quick_canaries)
     monkeypatch.setattr(gate.registry, "served_model", lambda config: ("base", tmp_path / "served.gguf"))
     monkeypatch.setattr(scale, "scale_adapters", lambda adapters, factor: factors.append(factor))
     monkeypatch.setattr(candidate, "merge", lambda ctx: {})
     monkeypatch.setattr(candidate, "export", lambda ctx, merged: None)
-    monkeypatch.setattr(candidate, "quantize", lambda ctx: None)
+    monkeypatch.setattr(candidate, "quantize", lambda ctx, again: None)
     plan = RunPlan(["dpo"], {}, 20, "base.gguf", "base", "Q4_1")
     ctx = RunContext(config, "run", tmp_path, _Progress(), kinds=["dpo"], plan=plan)
     gate.judge(ctx)
@@ -150,15 +163,31 @@ def _searched(monkeypatch, config, tmp_path, candidates: list[ModelScores], scor
 def test_a_gain_that_fails_a_canary_is_published_at_the_largest_scale_that_passes(
     monkeypatch, config, tmp_path
 ):
-    too_far = scores(dpo=GAIN, perplexity=11.0)
-    half = scores(dpo=[m - 0.2 for m in GAIN], perplexity=10.3)
+    too_far = scores(dpo=GAIN, grounded=WORSE_GROUNDED)  # worse on the held-out grounded questions
     still = scores(dpo=GAIN, perplexity=10.6)  # three quarters of the update: still too far
-    ctx, factors = _searched(monkeypatch, config, tmp_path, [too_far, still, half])
+    half = scores(dpo=[m - 0.2 for m in GAIN], perplexity=10.3)
+    fully: list[ModelScores] = []
+    ctx, factors = _searched(monkeypatch, config, tmp_path, [too_far, still, half], fully)
     assert ctx.verdict.accepted and ctx.after is half and ctx.plan.scale == 0.5
     assert factors == pytest.approx([0.75, 0.5 / 0.75]), "75% of the update, then 50%"
+    assert fully[1:] == [too_far, half], "the whole update and 50% scored on the holdout; 75% was not"
     assert ctx.notes[0].startswith("at 75% of the update a canary still fails: reference perplexity")
-    assert ctx.notes[-1].startswith("the whole update failed (reference perplexity: 10.00 -> 11.00")
+    assert ctx.notes[-1].startswith("the whole update failed (grounded questions: ")
     assert "50% of it keeps the held-out gain and passes" in ctx.notes[-1]
+
+
+def test_a_whole_update_failing_a_quick_canary_is_not_scored_on_the_holdout(monkeypatch, config, tmp_path):
+    too_far = scores(dpo=GAIN, general=3)  # the general questions fail: no held-out scoring for it
+    half = scores(dpo=GAIN, perplexity=10.2)
+    fully: list[ModelScores] = []
+    ctx, factors = _searched(monkeypatch, config, tmp_path, [too_far, too_far, half], fully)
+    assert ctx.verdict.accepted and ctx.plan.scale == 0.5 and factors == pytest.approx([0.75, 0.5 / 0.75])
+    assert fully[1:] == [half], "only the served model and the 50% candidate are scored on the holdout"
+    assert ctx.notes[0] == (
+        "the whole update fails general questions: 5/5 -> 3/5: its held-out rows were not scored"
+    )
+    assert ctx.notes[1] == "at 75% of the update a canary still fails: general questions: 5/5 -> 3/5"
+    assert ctx.notes[-1].startswith("the whole update failed (general questions: 5/5 -> 3/5); 50% of it")
 
 
 def test_no_scale_that_keeps_the_gain_and_passes_means_rejection(monkeypatch, config, tmp_path):
@@ -166,23 +195,14 @@ def test_no_scale_that_keeps_the_gain_and_passes_means_rejection(monkeypatch, co
     still = scores(dpo=GAIN, perplexity=10.8)
     lost = scores(dpo=BEFORE, perplexity=10.1)  # a quarter of the update: no gain left
     ctx, factors = _searched(monkeypatch, config, tmp_path, [too_far, still, still, lost])
-    assert not ctx.verdict.accepted and ctx.after is too_far and ctx.plan.scale is None
+    assert not ctx.verdict.accepted and ctx.after.perplexity == 11.0 and ctx.plan.scale is None
+    assert ctx.verdict.reasons == ["reference perplexity: 10.00 -> 11.00 (limit 10.50, +5%)"]
     assert factors == pytest.approx([0.75, 0.5 / 0.75, 0.5]), "75%, 50%, then 25% of the update"
-    assert [n.split(" of the update")[0] for n in ctx.notes[:3]] == ["at 75%", "at 50%", "at 25%"]
-    assert "held-out gain is lost" in ctx.notes[2] and ctx.notes[3].startswith("no smaller update")
-
-
-def test_a_scale_that_fails_a_quick_canary_is_not_scored_on_the_holdout(monkeypatch, config, tmp_path):
-    too_far = scores(dpo=GAIN, perplexity=11.0)
-    still = scores(dpo=GAIN, general=3)  # the general questions fail at 75%: no held-out scoring for it
-    half = scores(dpo=GAIN, perplexity=10.2)
-    fully: list[ModelScores] = []
-    ctx, _ = _searched(monkeypatch, config, tmp_path, [too_far, still, half], fully)
-    assert ctx.verdict.accepted and ctx.plan.scale == 0.5
-    assert fully[1:] == [too_far, half] and still not in fully  # the served model, the whole update, 50%
-    assert ctx.notes[0] == "at 75% of the update a canary still fails: general questions: 5/5 -> 3/5"
+    assert [n.split(" of the update")[0] for n in ctx.notes[1:4]] == ["at 75%", "at 50%", "at 25%"]
+    assert "held-out feedback fails" in ctx.notes[3] and ctx.notes[4].startswith("no smaller update")
 
 
 def test_a_candidate_without_a_real_gain_is_not_searched(monkeypatch, config, tmp_path):
-    ctx, factors = _searched(monkeypatch, config, tmp_path, [scores(dpo=BEFORE, perplexity=11.0)])
+    no_gain = scores(dpo=BEFORE, grounded=WORSE_GROUNDED)  # a canary only the full scoring measures
+    ctx, factors = _searched(monkeypatch, config, tmp_path, [no_gain])
     assert not ctx.verdict.accepted and factors == [] and ctx.notes == []

@@ -209,6 +209,11 @@ def test_an_update_the_base_type_rounds_away_is_served_in_a_finer_type(master, m
     assert len(notes) == 1 and notes[0].startswith("Q4_1 kept ") and "quantizing to Q8_0" in notes[0]
     assert not f32.exists() and read_info(served).quantization == "Q8_0"
 
+    f32 = export_gguf(state, model_path, tmp_path / "f32.gguf", "F32")  # a fraction of it, served again
+    again, notes = tmp_path / "again.gguf", []
+    qtype, kept = quantize_served(TrainConfig(), model_path, f32, again, "Q4_1", notes, start="Q8_0")
+    assert (qtype, notes) == ("Q8_0", []) and kept > 0.9, "the ladder starts at the type already chosen"
+
     f32 = export_gguf(state, model_path, tmp_path / "f32.gguf", "F32")
     forced, notes = tmp_path / "forced.gguf", []
     qtype, kept = quantize_served(TrainConfig(quant_type="q4_1"), model_path, f32, forced, "Q4_1", notes)

@@ -234,6 +234,13 @@ def test_report_files_and_run_log(config, tmp_path: Path):
     for png in (report.LOSS_PNG, report.HELDOUT_PNG):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # a whole update failing a quick canary is not scored on the holdout: its report still draws
+    quick = scores(dpo_pairs=0, dpo_accuracy=None, dpo_margin=None, perplexity=12.0)
+    rejected = {**record, "outcome": "rejected", "after": quick.to_dict()}
+    report.write(tmp_path / "rejected", rejected)
+    assert "| preference accuracy | 0.500 | - |" in (tmp_path / "rejected" / "report.md").read_text()
+    assert (tmp_path / "rejected" / report.HELDOUT_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
     assert runs.last_run(config) is None
     runs.log_event(config, {"run": "a", "event": "start"})
     runs.log_event(config, {"run": "a", "event": "end", "outcome": "rejected", "reasons": ["worse"]})

@@ -23,11 +23,13 @@ def export(ctx: RunContext, merged: dict[str, Any]) -> None:
     export_gguf(merged, ctx.base_gguf, ctx.float_gguf, ctx.config.train.export_type.upper())
 
 
-def quantize(ctx: RunContext) -> None:
-    """Quantize the float GGUF into the candidate, in the served type, which goes into the plan."""
+def quantize(ctx: RunContext, again: bool = False) -> None:
+    """Quantize the float GGUF into the candidate, in the served type, which goes into the plan; `again`:
+    a scaled-down update (the eval stage), which starts at the type the whole update was served in."""
     from trainer.quantize import base_qtype, quantize_served
 
     base_type = base_qtype(ctx.base_gguf)
+    start = ctx.plan.quant_type if again else None
     ctx.plan.quant_type, ctx.plan.update_kept = quantize_served(
-        ctx.config.train, ctx.base_gguf, ctx.float_gguf, ctx.candidate, base_type, ctx.notes
+        ctx.config.train, ctx.base_gguf, ctx.float_gguf, ctx.candidate, base_type, ctx.notes, start
     )

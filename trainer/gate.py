@@ -6,9 +6,11 @@ reference text's perplexity rose, a general question is no longer answered), the
 a fraction of it. The new adapters are scaled (`scale.scale_adapters`: exactly that fraction of the merged
 update) to each of `SCALES` in turn, and each such candidate is rebuilt (merged, exported, quantized) and
 judged again; the first that passes is the candidate, and the report says what it gave up. A scale that loses
-the held-out gain ends the search: smaller ones would only lose more of it. Each scaled candidate meets the
-cheap canaries first (general questions, reference perplexity: seconds); only one that passes them is
-scored on the held-out rows and the grounded questions (minutes).
+the held-out gain ends the search: smaller ones would only lose more of it. Every candidate, the whole
+update's too, meets the cheap canaries first (general questions, reference perplexity: seconds); only one
+that passes them is scored on the held-out rows and the grounded questions (minutes). A whole update that
+fails one goes straight to the search: whatever its held-out gain, it could not be published, and the
+fraction that passes is judged on its own gain.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from assistant import registry
 from trainer import candidate
 from trainer.context import RunContext
 from trainer.evaluate import ModelScores
-from trainer.verdict import GateSettings, Verdict, canaries, decide
+from trainer.verdict import Check, GateSettings, Verdict, canaries, decide
 
 EVAL_CACHE = ".eval-cache.json"  # scores of model files on holdouts (see evaluate.score_cached)
 SCALES = (0.75, 0.5, 0.25)  # shares of the update tried, strongest first, when all of it fails a canary
@@ -29,30 +31,32 @@ def judge(ctx: RunContext) -> None:
     settings = GateSettings(cfg.canary_tolerance, cfg.min_holdout_rows, cfg.confidence, cfg.seed)
     _, served = registry.served_model(ctx.config)
     ctx.before = _score(ctx, served, "served model", 0)
-    ctx.after = _score(ctx, ctx.candidate, "candidate", 1)
-    ctx.verdict = _decide(ctx, ctx.after, settings)
-    if ctx.verdict.accepted or not ctx.verdict.feedback_passed:
-        return
+    quick, failed = _quick(ctx, settings)
+    if failed:
+        ctx.after, ctx.verdict = quick, Verdict(False, canaries(ctx.before, quick, settings.tolerance))
+        ctx.notes.append(f"the whole update fails {_listed(failed)}: its held-out rows were not scored")
+    else:
+        ctx.after = _score(ctx, ctx.candidate, "candidate", 1, quick)
+        ctx.verdict = _decide(ctx, ctx.after, settings)
+        if ctx.verdict.accepted or not ctx.verdict.feedback_passed:
+            return
     _scale_down(ctx, settings)
 
 
 def _scale_down(ctx: RunContext, settings: GateSettings) -> None:
     """Look for the largest of `SCALES` at which the candidate keeps its gain and passes the canaries."""
-    from trainer import evaluate
     from trainer.scale import scale_adapters
 
-    cfg = ctx.config.train
     full, scale = ctx.verdict, 1.0
     for target in SCALES:
         scale_adapters(ctx.new_adapters, target / scale)
         scale = target
         ctx.stages.update(0, 1, f"candidate at {scale:.0%} of the update")
         candidate.export(ctx, candidate.merge(ctx))
-        candidate.quantize(ctx)
-        quick = evaluate.quick_canaries(ctx.candidate, cfg.eval_n_ctx, cfg.threads)
-        if failed := [c for c in canaries(ctx.before, quick, settings.tolerance) if not c.passed]:
-            reasons = "; ".join(f"{c.name}: {c.detail}" for c in failed)
-            ctx.notes.append(f"at {scale:.0%} of the update a canary still fails: {reasons}")
+        candidate.quantize(ctx, again=True)
+        quick, failed = _quick(ctx, settings)
+        if failed:
+            ctx.notes.append(f"at {scale:.0%} of the update a canary still fails: {_listed(failed)}")
             continue
         after = _score(ctx, ctx.candidate, f"candidate at {scale:.0%}", 1, quick)
         verdict = _decide(ctx, after, settings)
@@ -60,16 +64,29 @@ def _scale_down(ctx: RunContext, settings: GateSettings) -> None:
             ctx.after, ctx.verdict, ctx.plan.scale = after, verdict, scale
             ctx.notes.append(
                 f"the whole update failed ({'; '.join(full.reasons)}); {scale:.0%} of it keeps the held-out "
-                f"gain and passes: {'; '.join(f'{c.name}: {c.detail}' for c in verdict.checks)}"
+                f"gain and passes: {_listed(verdict.checks)}"
             )
             return
         if not verdict.feedback_passed:
             ctx.notes.append(
-                f"at {scale:.0%} of the update the held-out gain is lost: {'; '.join(verdict.reasons)}"
+                f"at {scale:.0%} of the update the held-out feedback fails: {'; '.join(verdict.reasons)}"
             )
             break
         ctx.notes.append(f"at {scale:.0%} of the update a canary still fails: {'; '.join(verdict.reasons)}")
     ctx.notes.append("no smaller update keeps the gain and passes the canaries: the candidate is rejected")
+
+
+def _quick(ctx: RunContext, settings: GateSettings) -> tuple[ModelScores, list[Check]]:
+    """The candidate's quick canaries (`evaluate.quick_canaries`) and those of them it fails."""
+    from trainer import evaluate
+
+    cfg = ctx.config.train
+    quick = evaluate.quick_canaries(ctx.candidate, cfg.eval_n_ctx, cfg.threads)
+    return quick, [c for c in canaries(ctx.before, quick, settings.tolerance) if not c.passed]
+
+
+def _listed(checks: list[Check]) -> str:
+    return "; ".join(f"{c.name}: {c.detail}" for c in checks)
 
 
 def _score(ctx: RunContext, gguf, what: str, half: int, quick: ModelScores | None = None) -> ModelScores:

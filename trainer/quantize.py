@@ -110,13 +110,22 @@ def ladder(base_type: str, configured: str) -> list[str]:
 
 
 def quantize_served(
-    cfg: TrainConfig, base_gguf: Path, float_gguf: Path, candidate: Path, base_type: str, notes: list[str]
+    cfg: TrainConfig,
+    base_gguf: Path,
+    float_gguf: Path,
+    candidate: Path,
+    base_type: str,
+    notes: list[str],
+    start: str | None = None,
 ) -> tuple[str, float]:
     """Quantize the float GGUF to the served type; returns (type, share of the update it kept).
 
     By default the first type of `ladder` that keeps at least `MIN_KEPT` of the update serves: the base's
-    own type usually rounds a small update away (see `update_kept`)."""
+    own type usually rounds a small update away (see `update_kept`). `start`: begin the ladder at that type
+    (a fraction of an update the ladder already served in it: a coarser type would keep even less)."""
     kept, types, measure = 1.0, ladder(base_type, cfg.quant_type), None
+    if start in types:
+        types = types[types.index(start) :]
     for n, qtype in enumerate(types):
         if qtype == cfg.export_type.upper():  # served unquantized: the float file itself, whole
             os.replace(float_gguf, candidate)

@@ -155,7 +155,8 @@ def _plot_heldout(report: dict[str, Any], path: Path) -> bool:
     before, after = report.get("before"), report.get("after")
     if not before or not after:
         return False
-    shown = [(label, before[k], after[k]) for k, label in _METRICS[:4] if before.get(k) is not None]
+    both = [(k, label) for k, label in _METRICS[:4] if None not in (before.get(k), after.get(k))]
+    shown = [(label, before[k], after[k]) for k, label in both]  # (a rejected update may lack held-out rows)
     shown.append(("perplexity / 10", before["perplexity"] / 10, after["perplexity"] / 10))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
