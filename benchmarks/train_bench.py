@@ -76,15 +76,38 @@ def seed_grounded(config, questions: int) -> int:
     return grounded
 
 
-def run_size(pairs: int, overrides: dict[str, str], master_cache: Path, grounded: bool = False) -> dict:
+def seed_grounded_cached(config, questions: int, fresh: bool) -> int:
+    """`seed_grounded`, its home kept in OUT (seeding is not part of the night, and takes ~15 min): a later
+    run starts from the same seeded home unless `fresh` (--reseed)."""
+    kept = OUT / f"seeded-{questions}"
+    if kept.is_dir() and not fresh:
+        shutil.rmtree(config.home, ignore_errors=True)
+        shutil.copytree(kept, config.home)
+        print(f"seeded home reused from {kept} (--reseed to ask the questions again)", flush=True)
+        return int((kept / "grounded.txt").read_text())
+    grounded = seed_grounded(config, questions)
+    (config.home / "grounded.txt").write_text(f"{grounded}\n")
+    shutil.rmtree(kept, ignore_errors=True)
+    shutil.copytree(config.home, kept)
+    return grounded
+
+
+def run_size(
+    pairs: int, overrides: dict[str, str], master_cache: Path, grounded: bool = False, fresh: bool = False
+) -> dict:
     from assistant import config as config_mod
     from trainer import data
     from trainer.run import train
 
-    home = Path(tempfile.mkdtemp(prefix=f"nightjar-bench-{pairs}-"))
+    if grounded:  # a fixed place: a kept seeded home (seed_grounded_cached) is restored where it was made
+        home = OUT / f"grounded-{pairs}"
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(parents=True)
+    else:
+        home = Path(tempfile.mkdtemp(prefix=f"nightjar-bench-{pairs}-"))
     try:
         config = config_mod.load(home, {**overrides, "train.min_new_rows": 1}, environ={})
-        added = seed_grounded(config, pairs) if grounded else seed_pairs(config, pairs)
+        added = seed_grounded_cached(config, pairs, fresh) if grounded else seed_pairs(config, pairs)
         if master_cache.exists():  # the master is made once per base model: not part of a nightly run
             shutil.copytree(master_cache, config.models_dir / "masters")
         batch = data.read(config)
@@ -187,6 +210,7 @@ def main() -> None:
         metavar="N",
         help="a night of N grounded, corrected questions",
     )
+    parser.add_argument("--reseed", action="store_true", help="--grounded: ask the questions again")
     parser.add_argument(
         "--set",
         dest="settings",
@@ -207,7 +231,7 @@ def main() -> None:
     try:
         for n in [args.grounded] if args.grounded else args.pairs:
             print(f"running {n} {'grounded questions' if args.grounded else 'pairs'} ...", flush=True)
-            results.append(run_size(n, overrides, cache, grounded=bool(args.grounded)))
+            results.append(run_size(n, overrides, cache, bool(args.grounded), args.reseed))
         master = next(cache.iterdir())
         base_tps = baseline_tokens_per_s(master, seq_len=256, rounds=1 if args.model else 3)
     finally:

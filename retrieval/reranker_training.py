@@ -54,6 +54,8 @@ LEARNING_RATE = 5e-5
 HEAD_LEARNING_RATE = 1e-3
 # the fused scores of a query's candidates lie within about 0.1 of each other: x20, about 2 nats apart
 FUSED_WEIGHT_INIT = 20.0
+LAYERS = 6  # of the embedder's transformer layers the cross-encoder keeps (the first ones)
+PAIR_TOKENS = 256  # query + passage a pair is cut to, in training and serving (kept in SETTINGS_FILE)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -184,10 +186,11 @@ def fit(
     quiet_transformers()
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(str(init), num_labels=1, local_files_only=True)
+    _keep_layers(model, LAYERS)
     torch.nn.init.zeros_(model.classifier.weight)  # no correction yet: the fused order
     torch.nn.init.zeros_(model.classifier.bias)
     weight = torch.nn.Parameter(torch.tensor(FUSED_WEIGHT_INIT))
-    tok = pair_tokenizer(init, padded=True)
+    tok = pair_tokenizer(init, padded=True, max_tokens=PAIR_TOKENS)
     steps = epochs * math.ceil(len(groups) / BATCH_QUERIES)
     # the score head and the fused weight learn at HEAD_LEARNING_RATE, the pretrained body at LEARNING_RATE
     head = [weight] + [p for n, p in model.named_parameters() if n.startswith("classifier.")]
@@ -233,10 +236,19 @@ def fit(
                 progress("training", done, steps)
     model.eval()
     model.save_pretrained(str(out))
-    (out / SETTINGS_FILE).write_text(json.dumps({"fused_weight": weight.item()}), encoding="utf-8")
+    settings = {"fused_weight": weight.item(), "max_tokens": PAIR_TOKENS}
+    (out / SETTINGS_FILE).write_text(json.dumps(settings), encoding="utf-8")
     for name in TOKENIZER_FILES:
         if (init / name).is_file():
             shutil.copy2(init / name, out / name)
+
+
+def _keep_layers(model, layers: int) -> None:
+    """Keep the first `layers` transformer layers of a BERT-style `model` (fewer: a faster reranker)."""
+    encoder = model.base_model.encoder
+    if layers < len(encoder.layer):
+        encoder.layer = encoder.layer[:layers]
+        model.config.num_hidden_layers = layers
 
 
 def _verdict(report: RerankerReport, min_gain: float) -> bool:

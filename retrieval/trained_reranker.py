@@ -30,8 +30,9 @@ from retrieval.vectors import fsync_path
 
 FOLDER = "rerankers"
 ONNX_FILE = "model.int8.onnx"
-SETTINGS_FILE = "reranker.json"  # in model/: {"fused_weight": w} (a version without it judges alone)
-MAX_TOKENS = 256  # query + passage, special tokens included (the embedder's chunks are 256 tokens)
+# in model/: {"fused_weight": w, "max_tokens": n} (a version without it judges alone, at MAX_TOKENS)
+SETTINGS_FILE = "reranker.json"
+MAX_TOKENS = 256  # query + passage, special tokens included, where a version does not say (see settings)
 
 
 @dataclass(frozen=True)
@@ -144,13 +145,13 @@ class RerankerVersions:
         return self.current()
 
 
-def pair_tokenizer(folder: Path, padded: bool):
+def pair_tokenizer(folder: Path, padded: bool, max_tokens: int = MAX_TOKENS):
     """The (query, passage) tokenizer of a cross-encoder folder, the same for training and serving: cut at
-    MAX_TOKENS, the passage giving way and never the query; `padded` to the longest pair of a batch."""
+    `max_tokens`, the passage giving way and never the query; `padded` to the longest pair of a batch."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tok.enable_truncation(MAX_TOKENS, strategy="only_second")
+    tok.enable_truncation(max_tokens, strategy="only_second")
     if padded:
         tok.enable_padding(pad_id=tok.token_to_id("[PAD]") or 0)
     else:
@@ -167,22 +168,27 @@ class OnnxCrossEncoder:
         self.name = f"trained reranker {version.name}"
 
     @cached_property
-    def fused_weight(self) -> float:
-        """How much of the fused score its own score is added to (see reranker_training)."""
+    def settings(self) -> dict[str, Any]:
+        """What it was trained with (SETTINGS_FILE; empty for a version made before there was one)."""
         try:
-            settings = json.loads((self.version.folder / "model" / SETTINGS_FILE).read_text(encoding="utf-8"))
+            return json.loads((self.version.folder / "model" / SETTINGS_FILE).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return 0.0
+            return {}
         except ValueError as exc:
             raise RetrievalError(
                 f"the trained reranker {self.version.name}'s {SETTINGS_FILE} is damaged; "
                 "`nightjar reranker rollback` serves the one before it"
             ) from exc
-        return float(settings.get("fused_weight", 0.0))
+
+    @property
+    def fused_weight(self) -> float:
+        """How much of the fused score its own score is added to (see reranker_training)."""
+        return float(self.settings.get("fused_weight", 0.0))
 
     @cached_property
     def encoder(self):
-        return pair_tokenizer(self.version.folder / "model", padded=False)
+        max_tokens = int(self.settings.get("max_tokens", MAX_TOKENS))
+        return pair_tokenizer(self.version.folder / "model", padded=False, max_tokens=max_tokens)
 
     @cached_property
     def session(self):

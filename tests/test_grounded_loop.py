@@ -103,10 +103,14 @@ def test_grounded_feedback_trains_whole_and_the_new_version_answers_closer(tmp_p
     assert trained.returncode == 0, trained.stderr
     assert "published v1" in trained.stdout, trained.stdout + trained.stderr + _report(home)
     record = json.loads((config.models_dir / "v1" / "report.json").read_text(encoding="utf-8"))
-    for objective in ("sft", "dpo"):
-        counts = next(h["rows"] for h in record["training"][objective] if "rows" in h)
-        assert counts["given"] == counts["trained"] > 0 and not counts["left_out"], counts
-        assert counts["fitted"] > 0, "the long grounded prompts were shortened, not dropped"
+    counts = next(h["rows"] for h in record["training"]["dpo"] if "rows" in h)
+    assert counts["given"] == counts["trained"] > 0 and not counts["left_out"], counts
+    assert counts["fitted"] > 0, "the long grounded prompts were shortened, not dropped"
+    # the corrections train once, as DPO's chosen answers with the likelihood term; SFT trains the rest
+    twice = [line for line in record["left_out"] if "chosen answers of this run's DPO pairs" in line]
+    assert twice and twice[0].startswith(f"sft: {counts['given']} rows"), record["left_out"]
+    counts = next(h["rows"] for h in record["training"]["sft"] if "rows" in h)
+    assert 0 < counts["given"] == counts["trained"] <= config.train.general_replay, counts  # everyday answers
     judged = {c["name"]: c for c in record["checks"]}
     assert judged["held-out answers"]["passed"] and judged["held-out pairs"]["passed"]
     assert record["after"]["grounded"]["questions"] > 0, "held-out grounded questions were answered"

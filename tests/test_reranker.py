@@ -243,6 +243,52 @@ def test_before_any_step_the_reranker_orders_exactly_as_fusion(trained, tmp_path
 
 
 @pytest.mark.slow
+def test_a_smaller_reranker_serves_with_the_layers_and_pair_length_it_was_trained_with(
+    trained, tmp_path: Path, monkeypatch
+):
+    """Fewer layers and shorter pairs make a faster reranker: what a version was trained with is what it
+    serves with (its ONNX file has those layers; its pairs are cut where training cut them), and the int8
+    file scores as the float model does."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from retrieval.onnx_embedder import export
+    from retrieval.trained_reranker import pair_tokenizer
+
+    monkeypatch.setattr(reranker_training, "LAYERS", 2)
+    monkeypatch.setattr(reranker_training, "PAIR_TOKENS", 24)
+    _, assistant, _, _ = trained
+    index = assistant.documents.index
+    questions = [f"What was the advice on {topic} in {place}?" for topic, _ in TOPICS for place in PLACES[:3]]
+    first = [search(index, q, k=1, rerank=False)[0].chunk.id for q in questions]
+    examples = [Example(q, c) for q, c in zip(questions, first, strict=True)]
+    groups, _ = reranker_training.build_groups(index, examples)
+    folder = tmp_path / "small"
+    reranker_training.fit(groups, Path(index.config.embedder_path()), folder / "model", epochs=2)
+    export(folder / "model", folder / ONNX_FILE, quantized=True, output="logits")
+    served = OnnxCrossEncoder(RerankerVersion("small", folder, {}))
+    assert json.loads((folder / "model" / "config.json").read_text())["num_hidden_layers"] == 2
+    g = groups[0]
+    passages = [g.texts[c] for c in g.candidates]
+    assert [len(served.encoder.encode(g.example.query, p).ids) for p in passages] == [24] * len(passages)
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder / "model")).eval()
+    enc = pair_tokenizer(folder / "model", padded=True, max_tokens=24).encode_batch(
+        [(g.example.query, p) for p in passages]
+    )
+    with torch.no_grad():
+        inputs = {k: torch.tensor([getattr(e, a) for e in enc]) for k, a in INPUTS}
+        float_scores = model(**inputs).logits.view(-1).numpy()
+    onnx_scores = served.score(g.example.query, passages)
+    spread = float(float_scores.max() - float_scores.min())
+    assert spread > 0 and np.abs(onnx_scores - float_scores).max() < 0.1 * spread + 1e-3
+
+
+INPUTS = (("input_ids", "ids"), ("attention_mask", "attention_mask"), ("token_type_ids", "type_ids"))
+
+
+@pytest.mark.slow
 def test_a_cross_encoder_the_user_names_wins_over_the_trained_one(trained, tmp_path: Path):
     from retrieval.index import Index
     from retrieval.rerank import CrossEncoderReranker

@@ -97,6 +97,26 @@ def test_objective_choice():
     assert data.consumed_kinds(["raft", "dpo"]) == ["sft", "dpo"]
 
 
+def test_sft_leaves_dpos_chosen_answers_to_dpo_when_it_has_the_likelihood_term():
+    ask = [{"role": "user", "content": "Who leads it?"}]
+    fix, other = [{"role": "assistant", "content": "Ada [1]."}], [{"role": "assistant", "content": "Bo."}]
+    upvoted = {"prompt": [{"role": "user", "content": "And the budget?"}], "completion": other}
+    pair, correction = {"prompt": ask, "chosen": fix, "rejected": other}, {"prompt": ask, "completion": fix}
+    batch = data.Batch(new={"dpo": [pair], "sft": [correction]}, replay={"sft": [upvoted]})
+    assert data.objective_rows(batch, "sft", ["dpo", "sft"], 1.0) == [upvoted], "the correction trains once"
+    assert data.twice_left_out(batch, ["dpo", "sft"], 1.0) == (
+        "sft: 1 rows are the chosen answers of this run's DPO pairs, trained there with the likelihood term"
+        " (train.sft_weight), not a second time"
+    )
+    for objectives, weight in ((["dpo", "sft"], 0.0), (["sft"], 1.0), (["sft", "dpo"], 1.0)):
+        expected = 2 if weight == 0.0 or "dpo" not in objectives else 1
+        assert len(data.objective_rows(batch, "sft", objectives, weight)) == expected, (objectives, weight)
+    assert (
+        data.twice_left_out(batch, ["dpo", "sft"], 0.0) is None
+        and data.objective_rows(batch, "dpo", ["dpo", "sft"], 1.0) == batch.new["dpo"]
+    )
+
+
 def test_too_little_feedback_does_nothing_and_says_so(home: Path):
     config = config_mod.load(home, environ={})
     seed_pairs(config, 6)

@@ -5,8 +5,9 @@ New rows are the train-split rows no run has consumed yet; older rows come back 
 `ReplayBuffer.sample`'s: prompts near-duplicating a holdout prompt are left out, and the draw favours recent
 rows. The holdout split is never trained on; the evaluation gate judges the candidate on it.
 
-`auto` trains every kind the night brought, in the order SFT (corrections and up-voted answers, as given),
-DPO (pairs), KTO (unpaired thumbs): each adapter builds on the ones before it.
+`auto` trains every kind the night brought, in the order DPO (pairs), KTO (unpaired thumbs), SFT
+(corrections and up-voted answers, as given, less the ones DPO trained as its chosen answers): each adapter
+builds on the ones before it.
 """
 
 from __future__ import annotations
@@ -131,6 +132,36 @@ def holdout_shortfall(batch: Batch, kinds: list[str], min_rows: int, holdout_fra
         f" train.min_holdout_rows ({min_rows}): about {more} more rated questions are needed"
         " (a share of new questions is held out); the served version stays"
     )
+
+
+def objective_rows(batch: Batch, objective: str, objectives: list[str], sft_weight: float) -> list[Row]:
+    """The rows `objective` trains this run. SFT leaves out the answers a DPO objective of the same run
+    trains as its chosen ones with the likelihood term (`sft_weight` > 0: RPO): a correction or an up-voted
+    answer would otherwise be learned twice in one night (see `twice_left_out`)."""
+    rows = batch.train_rows(KIND_OF[objective])
+    if objective != "sft" or "dpo" not in objectives or sft_weight <= 0:
+        return rows
+    chosen = {_answer_key(r["prompt"], r["chosen"]) for r in batch.train_rows("dpo")}
+    return [r for r in rows if _answer_key(r["prompt"], r["completion"]) not in chosen]
+
+
+def twice_left_out(batch: Batch, objectives: list[str], sft_weight: float) -> str | None:
+    """Why SFT leaves rows to DPO this run (`objective_rows`), for the plan's left-out lines."""
+    if "sft" not in objectives:
+        return None
+    n = len(batch.train_rows("sft")) - len(objective_rows(batch, "sft", objectives, sft_weight))
+    if not n:
+        return None
+    return (
+        f"sft: {n} rows are the chosen answers of this run's DPO pairs, trained there with the likelihood"
+        " term (train.sft_weight), not a second time"
+    )
+
+
+def _answer_key(prompt: list[dict[str, Any]], answer: list[dict[str, Any]]) -> str:
+    import json
+
+    return json.dumps([prompt, answer], sort_keys=True)
 
 
 def consumed_kinds(objectives: list[str]) -> list[str]:

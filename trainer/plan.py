@@ -22,6 +22,7 @@ def read(ctx: RunContext) -> str | None:
     ctx.notes += [why_not_raft] if why_not_raft else []
     ctx.kinds = data.consumed_kinds(ctx.objectives)
     ctx.base_gguf = registry.base_model_path(config)
+    twice = data.twice_left_out(ctx.batch, ctx.objectives, cfg.sft_weight)
     ctx.plan = RunPlan(
         objectives=ctx.objectives,
         rows=ctx.batch.summary(),
@@ -29,7 +30,7 @@ def read(ctx: RunContext) -> str | None:
         base=str(ctx.base_gguf),
         parent=ctx.parent,
         quant_type=cfg.quant_type or base_qtype(ctx.base_gguf),
-        left_out=ctx.batch.left_out(ctx.kinds),
+        left_out=ctx.batch.left_out(ctx.kinds) + ([twice] if twice else []),
         notes=list(ctx.notes),
     )
     n_new = ctx.batch.n_fresh()
@@ -74,8 +75,16 @@ def dry_fit(ctx: RunContext) -> dict[str, str]:
 
     base_gguf = ctx.base_gguf
     tok = AutoTokenizer.from_pretrained(str(base_gguf.parent), gguf_file=base_gguf.name)
-    max_length = ctx.config.train.max_length
-    return {kind: fit_rows(ctx.batch.train_rows(kind), tok, max_length)[1].summary() for kind in ctx.kinds}
+    cfg = ctx.config.train
+    objective = {data.KIND_OF[o]: o for o in ctx.objectives}
+    return {
+        kind: fit_rows(
+            data.objective_rows(ctx.batch, objective[kind], ctx.objectives, cfg.sft_weight),
+            tok,
+            cfg.max_length,
+        )[1].summary()
+        for kind in ctx.kinds
+    }
 
 
 def prepare(ctx: RunContext) -> None:

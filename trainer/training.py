@@ -15,7 +15,7 @@ from typing import Any
 from assistant import registry
 from assistant.config import Config
 from assistant.errors import NightjarError
-from trainer import processes, staging
+from trainer import data, processes, staging
 from trainer.context import RunContext
 from trainer.data import Row
 from trainer.lineage import ADAPTER, adapters_of, check_base
@@ -108,6 +108,13 @@ def train_all(ctx: RunContext) -> None:
     together."""
     for n, objective in enumerate(ctx.objectives):
         out = ctx.staging / ADAPTER / f"{n}-{objective}"
+        if (
+            objective == "sft"
+            and not data.objective_rows(ctx.batch, objective, ctx.objectives, ctx.config.train.sft_weight)
+            + ctx.general
+        ):
+            ctx.notes.append("sft: nothing of its own to train (its rows were DPO's chosen answers)")
+            continue
         history, stats = train_one(ctx, objective, out)
         ctx.training[objective] = history
         ctx.raft_stats.update(stats)
@@ -127,7 +134,7 @@ def train_one(ctx: RunContext, objective: str, out: Path) -> tuple[list[dict[str
         if not rows:
             raise NightjarError("RAFT kept no answer: every sampled answer failed the rule checks")
     else:
-        rows = ctx.batch.train_rows(objective)
+        rows = data.objective_rows(ctx.batch, objective, ctx.objectives, ctx.config.train.sft_weight)
     if objective in ("sft", "raft"):
         rows = rows + ctx.general
     model = load_for_training(ctx.master, ctx.adapters, ctx.device, ctx.staging)
