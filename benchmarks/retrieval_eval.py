@@ -15,6 +15,7 @@ printed), and measured as a fourth mode, "hybrid+trained", with its cost per que
 
     python benchmarks/retrieval_eval.py ../shared/data/nq-open/derived_beir [--queries N] [--reranker PATH]
     python benchmarks/retrieval_eval.py benchmarks/out/pubmedqa_beir --train-reranker 400   # pubmedqa_beir.py
+    python benchmarks/retrieval_eval.py SET --train-reranker 300 --reranker-size 3:128      # a smaller one
 
 The index is kept under benchmarks/out/ (re-runs embed nothing new); --fresh rebuilds it.
 """
@@ -107,6 +108,12 @@ def main() -> None:
         metavar="N",
         help="train Nightjar's reranker here (the embedded model writes N questions), then measure it",
     )
+    parser.add_argument(
+        "--reranker-size",
+        metavar="LAYERS:TOKENS",
+        help="--train-reranker: keep this many layers and cut pairs at this many tokens (default "
+        "reranker_training.LAYERS:PAIR_TOKENS), to measure a smaller, faster reranker",
+    )
     parser.add_argument("--fresh", action="store_true", help="rebuild the index from scratch")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # each figure as soon as it is measured
@@ -143,6 +150,12 @@ def main() -> None:
     if args.reranker:
         modes.append(("hybrid+rerank", "hybrid", True))
     elif args.train_reranker:
+        if args.reranker_size:
+            from retrieval import reranker_training
+
+            layers, tokens = (int(v) for v in args.reranker_size.split(":"))
+            reranker_training.LAYERS, reranker_training.PAIR_TOKENS = layers, tokens
+            print(f"reranker: {layers} layers, pairs cut at {tokens} tokens")
         train_reranker(index, args.train_reranker)
         modes.append(("hybrid+trained", "hybrid", True))
     search(index, "warm up", k=10)
