@@ -219,18 +219,11 @@ def test_a_training_run_accounts_for_every_question_and_publishes_what_serves(tr
 def test_before_any_step_the_reranker_orders_exactly_as_fusion(trained, tmp_path: Path):
     """The head starts at zero and the fused score is added to it: an untrained candidate, exported as it
     would serve, ranks every query's passages as fusion does, so training can only start from fusion."""
-    from retrieval.onnx_embedder import export
 
     _, assistant, _, _ = trained
     index = assistant.documents.index
-    questions = [f"What was the advice on {topic} in {place}?" for topic, _ in TOPICS for place in PLACES[:2]]
-    third = [search(index, q, k=3, rerank=False)[2].chunk.id for q in questions]  # not fusion's first
-    examples = [Example(q, c) for q, c in zip(questions, third, strict=True)]
-    groups, _ = reranker_training.build_groups(index, examples)
-    folder = tmp_path / "untrained"
-    reranker_training.fit(groups, Path(index.config.embedder_path()), folder / "model", epochs=0)
-    export(folder / "model", folder / ONNX_FILE, quantized=True, output="logits")
-    untrained = OnnxCrossEncoder(RerankerVersion("untrained", folder, {}))
+    # each question's own passage is fusion's third, not its first
+    groups, untrained = _fitted(index, PLACES[:2], 3, tmp_path / "untrained", epochs=0)
     assert untrained.fused_weight == reranker_training.FUSED_WEIGHT_INIT
     for g in groups:
         scores = rerank_scores(
@@ -253,21 +246,14 @@ def test_a_smaller_reranker_serves_with_the_layers_and_pair_length_it_was_traine
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from retrieval.onnx_embedder import export
     from retrieval.trained_reranker import pair_tokenizer
 
     monkeypatch.setattr(reranker_training, "LAYERS", 2)
     monkeypatch.setattr(reranker_training, "PAIR_TOKENS", 24)
     _, assistant, _, _ = trained
     index = assistant.documents.index
-    questions = [f"What was the advice on {topic} in {place}?" for topic, _ in TOPICS for place in PLACES[:3]]
-    first = [search(index, q, k=1, rerank=False)[0].chunk.id for q in questions]
-    examples = [Example(q, c) for q, c in zip(questions, first, strict=True)]
-    groups, _ = reranker_training.build_groups(index, examples)
     folder = tmp_path / "small"
-    reranker_training.fit(groups, Path(index.config.embedder_path()), folder / "model", epochs=2)
-    export(folder / "model", folder / ONNX_FILE, quantized=True, output="logits")
-    served = OnnxCrossEncoder(RerankerVersion("small", folder, {}))
+    groups, served = _fitted(index, PLACES[:3], 1, folder, epochs=2)
     assert json.loads((folder / "model" / "config.json").read_text())["num_hidden_layers"] == 2
     g = groups[0]
     passages = [g.texts[c] for c in g.candidates]
@@ -286,6 +272,20 @@ def test_a_smaller_reranker_serves_with_the_layers_and_pair_length_it_was_traine
 
 
 INPUTS = (("input_ids", "ids"), ("attention_mask", "attention_mask"), ("token_type_ids", "type_ids"))
+
+
+def _fitted(index, places: list[str], rank: int, folder: Path, epochs: int):
+    """(groups, version served from `folder`): a question per topic and place, whose own passage is fusion's
+    `rank`-th for it, fitted for `epochs` and exported to int8 ONNX as a trained version is."""
+    from retrieval.onnx_embedder import export
+
+    questions = [f"What was the advice on {topic} in {place}?" for topic, _ in TOPICS for place in places]
+    own = [search(index, q, k=rank, rerank=False)[rank - 1].chunk.id for q in questions]
+    examples = [Example(q, c) for q, c in zip(questions, own, strict=True)]
+    groups, _ = reranker_training.build_groups(index, examples)
+    reranker_training.fit(groups, Path(index.config.embedder_path()), folder / "model", epochs=epochs)
+    export(folder / "model", folder / ONNX_FILE, quantized=True, output="logits")
+    return groups, OnnxCrossEncoder(RerankerVersion(folder.name, folder, {}))
 
 
 @pytest.mark.slow
