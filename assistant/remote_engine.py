@@ -157,6 +157,20 @@ def _status_error(url: str, status: int, detail: str, *, model: str = "", listin
     )
 
 
+def _client_errors(name: str) -> tuple[type[Exception], ...]:
+    """The exception class `name` of each HTTP library the openai client may use: httpx up to openai 2,
+    httpx2 from openai 3 (its streams raise that library's errors unwrapped)."""
+    import importlib
+
+    found = []
+    for library in ("httpx", "httpx2"):
+        try:
+            found.append(getattr(importlib.import_module(library), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
 def _get_json(http, url: str) -> dict[str, Any] | None:
     """GET `url` as a JSON object, or None (a question the server may not know the answer to)."""
     import httpx
@@ -298,7 +312,6 @@ class RemoteEngine:
         n_ctx: int = 4096,
         name: str | None = None,
     ) -> None:
-        import httpx
         import openai
 
         self.url = url.strip().rstrip("/")
@@ -314,7 +327,7 @@ class RemoteEngine:
             base_url=self.url,
             api_key=api_key or "unused",
             max_retries=0,
-            timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+            timeout=openai.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),  # its HTTP library's own class
         )
         self._grammars: dict[str, str] = {}
         self._check_served_model()
@@ -422,7 +435,6 @@ class RemoteEngine:
 
     def _pieces(self, stream):
         """The server's stream as the chunks `Generation` reads; closing it (cancel) closes the connection."""
-        import httpx
         import openai
 
         try:
@@ -439,27 +451,26 @@ class RemoteEngine:
                         }
                     ]
                 }
-        except (openai.OpenAIError, httpx.HTTPError) as exc:
+        except (openai.OpenAIError, *_client_errors("HTTPError")) as exc:
             raise self._error(exc) from exc
         finally:
             stream.close()
 
     def _error(self, exc: Exception) -> NightjarError:
-        import httpx
         import openai
 
-        if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
+        if isinstance(exc, (openai.APITimeoutError, *_client_errors("TimeoutException"))):
             return ModelServerError(
                 f"the model server at {self.url} sent nothing for {READ_TIMEOUT:g} s: check that it is "
                 "running and not overloaded"
             )
-        if isinstance(exc, openai.APIConnectionError | httpx.ConnectError):
+        if isinstance(exc, (openai.APIConnectionError, *_client_errors("ConnectError"))):
             return _unreachable(self.url, exc.__cause__ or exc)
         if isinstance(exc, openai.APIStatusError):
             return _status_error(
                 self.url, exc.status_code, _detail(exc.body) or _one_line(exc.message), model=self.model
             )
-        if isinstance(exc, httpx.HTTPError):
+        if isinstance(exc, _client_errors("HTTPError")):
             return ModelServerError(
                 f"the connection to the model server at {self.url} broke during an answer "
                 f"({_one_line(exc, 120)}): check the server"

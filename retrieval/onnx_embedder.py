@@ -3,7 +3,8 @@ ONNX on this machine, from the weights its folder ships, and run by onnxruntime 
 
 The model file is made once, the first time it is needed, into a cache folder (the index keeps it in
 `<index>/onnx/`): the folder's transformer is exported with torch (`torch.onnx.export`), then, for the int8
-variant, its MatMul weights are quantized per output channel (`onnxruntime.quantization.quantize_dynamic`).
+variant, its MatMul weights are quantized per output channel (`onnxruntime.quantization.quantize_dynamic`),
+as signed or unsigned int8 by what this CPU computes exactly (`int8_weight_type`).
 The export works in a temporary folder and renames the finished file into place, under a lock, so a run killed
 midway leaves no broken file and two processes never export at once; later processes load the file as it is
 (tenths of a second, no torch). A file that will not load is made again.
@@ -23,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import shutil
 import tempfile
 import warnings
@@ -36,7 +38,7 @@ from retrieval.embedder import TransformerEmbedder, offline, quiet_transformers,
 from retrieval.errors import RetrievalError
 from retrieval.vectors import fsync_path
 
-EXPORT_VERSION = 1  # bump when the export or the quantization changes: the cached files are made again
+EXPORT_VERSION = 2  # bump when the export or the quantization changes: the cached files are made again
 ONNX_BATCH = 1  # texts per run (see OnnxEmbedder.model): one, on each core at once
 OPSET = 17
 
@@ -54,6 +56,31 @@ def cpu_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def int8_weight_type(machine: str | None = None, flags: set[str] | None = None) -> str:
+    """ "QInt8" or "QUInt8": the weights' int8 type for onnxruntime's dynamic quantization on this CPU.
+
+    onnxruntime multiplies unsigned activations by signed weights (u8s8) with VNNI where the CPU has it; an
+    x86 CPU without VNNI (AVX2 only, e.g. many AMD EPYCs) adds pairs of products in 16 bits, which saturate:
+    there int8 MiniLM vectors drift from torch's by cosine up to 0.015 and rankings change, where unsigned
+    weights (u8u8, about 20% slower) stay within 0.008. Other architectures take signed weights."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686"):
+        return "QInt8"
+    flags = cpu_flags() if flags is None else flags
+    vnni = {"avx512_vnni", "avx_vnni", "amx_int8"}
+    return "QInt8" if flags & vnni else "QUInt8"
 
 
 @contextlib.contextmanager
@@ -131,7 +158,7 @@ def export(folder: Path, target: Path, quantized: bool, output: str = "last_hidd
                     str(done),
                     op_types_to_quantize=["MatMul"],  # the weights; embeddings and attention stay float
                     per_channel=True,  # per-tensor int8 moves vectors by cosine ~0.05, per channel ~0.005
-                    weight_type=QuantType.QInt8,
+                    weight_type=getattr(QuantType, int8_weight_type()),
                 )
         fsync_path(done)
         os.replace(done, target)
@@ -169,7 +196,8 @@ class OnnxEmbedder(TransformerEmbedder):
             if p.suffix in (".safetensors", ".bin")
         )
         config = (folder / "config.json").read_text(encoding="utf-8")
-        key = json.dumps([str(folder), weights, config, EXPORT_VERSION, self.quantized])
+        variant = int8_weight_type() if self.quantized else "fp32"
+        key = json.dumps([str(folder), weights, config, EXPORT_VERSION, variant])
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         return self.cache_dir / f"{self._stem}-{digest}.{self._variant}.onnx"
 

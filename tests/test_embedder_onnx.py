@@ -17,7 +17,7 @@ from retrieval.embedder import INT8, TransformerEmbedder, embedder_for
 from retrieval.errors import RetrievalError
 from retrieval.index import ONNX_CACHE, Index
 from retrieval.indexer import update
-from retrieval.onnx_embedder import OnnxEmbedder
+from retrieval.onnx_embedder import OnnxEmbedder, int8_weight_type
 from retrieval.search import search
 from tests.conftest import run_nightjar
 
@@ -87,6 +87,15 @@ def test_vectors_match_torch_and_the_int8_model_is_named_apart(folder, cache, to
     assert embedder.embed([]).shape == (0, 384)
     # full precision shares torch's index; int8 vectors are recorded under their own name
     assert full.name == torch_embedder.name and int8.name == torch_embedder.name + INT8
+
+
+def test_int8_weights_are_unsigned_only_on_x86_without_vnni():
+    """u8s8 saturates on AVX2-only x86 (the vectors test above fails there with signed weights)."""
+    assert int8_weight_type("x86_64", {"avx2", "fma"}) == "QUInt8"
+    assert int8_weight_type("x86_64", {"avx2", "avx512f", "avx512_vnni"}) == "QInt8"
+    assert int8_weight_type("x86_64", {"avx2", "avx_vnni"}) == "QInt8"
+    assert int8_weight_type("x86_64", {"avx2", "amx_int8", "amx_tile"}) == "QInt8"
+    assert int8_weight_type("aarch64", set()) == "QInt8"
 
 
 def test_the_ranking_on_a_tiny_corpus_is_torch_s(folder, cache, torch_embedder):
