@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ import platform
 import shutil
 import tempfile
 import warnings
+from collections.abc import Set
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
@@ -58,17 +60,19 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere); read once a process: the cache key
+    of the model file and its export both ask."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return set()
+        return frozenset()
     line = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
+    return frozenset(line.partition(":")[2].split())
 
 
-def int8_weight_type(machine: str | None = None, flags: set[str] | None = None) -> str:
+def int8_weight_type(machine: str | None = None, flags: Set[str] | None = None) -> str:
     """ "QInt8" or "QUInt8": the weights' int8 type for onnxruntime's dynamic quantization on this CPU.
 
     onnxruntime multiplies unsigned activations by signed weights (u8s8) with VNNI where the CPU has it; an
