@@ -31,6 +31,7 @@ from pathlib import Path
 
 from assistant.config import Config
 from assistant.errors import NightjarError
+from assistant.http_errors import client_errors
 from assistant.modelfile import GGUF_MAGIC, check_gguf
 
 DOWNLOADS = "downloads"
@@ -289,7 +290,7 @@ def explain(exc: BaseException, source: Source, hub: str, downloading: bool = Fa
     return f"downloading {where} failed: {type(exc).__name__}: {_first_line(exc)} (--debug shows more)"
 
 
-def _in_chain(exc: BaseException, kind: type) -> BaseException | None:
+def _in_chain(exc: BaseException, kind: type | tuple[type, ...]) -> BaseException | None:
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -301,17 +302,8 @@ def _in_chain(exc: BaseException, kind: type) -> BaseException | None:
 
 
 def _transport_error(exc: BaseException) -> BaseException | None:
-    """A connection, timeout or protocol error of the HTTP client (httpx or httpx2, by its base class)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if any(k.__name__ == "TransportError" for k in type(current).__mro__) or isinstance(
-            current, ConnectionError | TimeoutError
-        ):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    """A connection, timeout or protocol error of the HTTP client, anywhere along the cause chain."""
+    return _in_chain(exc, (*client_errors("TransportError"), ConnectionError, TimeoutError))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -38,6 +38,7 @@ from typing import Any
 
 from assistant.engine import Generation, GenParams, Message
 from assistant.errors import ModelFileError, NightjarError
+from assistant.http_errors import client_errors
 from assistant.modelfile import check_gguf
 
 log = logging.getLogger("nightjar.engine")
@@ -155,20 +156,6 @@ def _status_error(url: str, status: int, detail: str, *, model: str = "", listin
     return ModelServerError(
         f"the model server at {url} failed the request ({status}: {detail or 'no detail'}){hint}"
     )
-
-
-def _client_errors(name: str) -> tuple[type[Exception], ...]:
-    """The exception class `name` of each HTTP library the openai client may use: httpx up to openai 2,
-    httpx2 from openai 3 (its streams raise that library's errors unwrapped)."""
-    import importlib
-
-    found = []
-    for library in ("httpx", "httpx2"):
-        try:
-            found.append(getattr(importlib.import_module(library), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(found)
 
 
 def _get_json(http, url: str) -> dict[str, Any] | None:
@@ -451,7 +438,7 @@ class RemoteEngine:
                         }
                     ]
                 }
-        except (openai.OpenAIError, *_client_errors("HTTPError")) as exc:
+        except (openai.OpenAIError, *client_errors("HTTPError")) as exc:
             raise self._error(exc) from exc
         finally:
             stream.close()
@@ -459,18 +446,18 @@ class RemoteEngine:
     def _error(self, exc: Exception) -> NightjarError:
         import openai
 
-        if isinstance(exc, (openai.APITimeoutError, *_client_errors("TimeoutException"))):
+        if isinstance(exc, (openai.APITimeoutError, *client_errors("TimeoutException"))):
             return ModelServerError(
                 f"the model server at {self.url} sent nothing for {READ_TIMEOUT:g} s: check that it is "
                 "running and not overloaded"
             )
-        if isinstance(exc, (openai.APIConnectionError, *_client_errors("ConnectError"))):
+        if isinstance(exc, (openai.APIConnectionError, *client_errors("ConnectError"))):
             return _unreachable(self.url, exc.__cause__ or exc)
         if isinstance(exc, openai.APIStatusError):
             return _status_error(
                 self.url, exc.status_code, _detail(exc.body) or _one_line(exc.message), model=self.model
             )
-        if isinstance(exc, _client_errors("HTTPError")):
+        if isinstance(exc, client_errors("HTTPError")):
             return ModelServerError(
                 f"the connection to the model server at {self.url} broke during an answer "
                 f"({_one_line(exc, 120)}): check the server"

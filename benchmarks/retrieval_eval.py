@@ -15,7 +15,7 @@ printed), and measured as a fourth mode, "hybrid+trained", with its cost per que
 
     python benchmarks/retrieval_eval.py ../shared/data/nq-open/derived_beir [--queries N] [--reranker PATH]
     python benchmarks/retrieval_eval.py benchmarks/out/pubmedqa_beir --train-reranker 400   # pubmedqa_beir.py
-    python benchmarks/retrieval_eval.py SET --train-reranker 300 --reranker-size 3:128      # a smaller one
+    python benchmarks/retrieval_eval.py SET --train-reranker 300 --reranker-size 6:256      # a larger one
 
 The index is kept under benchmarks/out/ (re-runs embed nothing new); --fresh rebuilds it.
 """
@@ -31,7 +31,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from retrieval.config import RetrievalConfig
@@ -111,8 +111,8 @@ def main() -> None:
     parser.add_argument(
         "--reranker-size",
         metavar="LAYERS:TOKENS",
-        help="--train-reranker: keep this many layers and cut pairs at this many tokens (default "
-        "reranker_training.LAYERS:PAIR_TOKENS), to measure a smaller, faster reranker",
+        help="--train-reranker: keep this many layers and cut pairs at this many tokens (default: the "
+        "config's reranker_layers:reranker_pair_tokens, 3:128), to measure another size",
     )
     parser.add_argument("--fresh", action="store_true", help="rebuild the index from scratch")
     args = parser.parse_args()
@@ -134,6 +134,9 @@ def main() -> None:
         dense_weight=args.dense_weight,
         rrf_k=args.rrf_k,
     )
+    if args.reranker_size:
+        layers, tokens = (int(v) for v in args.reranker_size.split(":"))
+        config = replace(config, reranker_layers=layers, reranker_pair_tokens=tokens)
     index = Index(work / "index", config)
     report = update(index, [work / "docs"])
     print(f"corpus {len(corpus)} documents -> index: {report.summary()}")
@@ -150,12 +153,7 @@ def main() -> None:
     if args.reranker:
         modes.append(("hybrid+rerank", "hybrid", True))
     elif args.train_reranker:
-        if args.reranker_size:
-            from retrieval import reranker_training
-
-            layers, tokens = (int(v) for v in args.reranker_size.split(":"))
-            reranker_training.LAYERS, reranker_training.PAIR_TOKENS = layers, tokens
-            print(f"reranker: {layers} layers, pairs cut at {tokens} tokens")
+        print(f"reranker: {config.reranker_layers} layers, pairs cut at {config.reranker_pair_tokens} tokens")
         train_reranker(index, args.train_reranker)
         modes.append(("hybrid+trained", "hybrid", True))
     search(index, "warm up", k=10)

@@ -50,10 +50,15 @@ class RetrievalConfig:
     # the fused ranking on held-out queries and no `reranker` is named (a named one wins)
     trained_reranker: bool = True
     # the scheduled nightly run trains it too when the documents or approved answers changed. Off: on the
-    # sets measured (benchmarks/retrieval_eval.py --train-reranker) it ranks below fusion and is not kept
+    # sets measured (benchmarks/retrieval_eval.py --train-reranker) it adds under 0.01 nDCG@10 to fusion
     reranker_nightly: bool = False
     reranker_queries: int = 400  # passages the model writes a question for, per training run
     reranker_epochs: int = 3
+    # its size: the embedder's first reranker_layers layers, reading query + passage cut at
+    # reranker_pair_tokens. 3 x 128 reranks 20 candidates in 140 ms p50 on 2 AVX2 cores, 6 x 256 in 300 ms,
+    # and neither ranks measurably better than the other on nq-open or PubMedQA (see README)
+    reranker_layers: int = 3
+    reranker_pair_tokens: int = 128
     reranker_min_gain: float = 0.01  # held-out MRR@10 gain a new version needs over what serves
     sources: int = 5  # chunks given to the model as numbered sources (fewer if the context is short)
     # a chunk is relevant enough to answer from when its dense cosine similarity to the question reaches
@@ -84,6 +89,10 @@ class RetrievalConfig:
             problems.append("retrieval.bm25_weight and dense_weight must be 0 or more, and not both 0")
         if self.reranker_queries < 1 or self.reranker_epochs < 1:
             problems.append("retrieval.reranker_queries and reranker_epochs must be at least 1")
+        if self.reranker_layers < 1:
+            problems.append("retrieval.reranker_layers must be at least 1")
+        if not 16 <= self.reranker_pair_tokens <= 512:
+            problems.append("retrieval.reranker_pair_tokens must be between 16 and 512 (what BERT reads)")
         if self.store not in STORES:
             problems.append(f"retrieval.store must be one of {', '.join(STORES)}, not '{self.store}'")
         if self.vector_index not in VECTOR_INDEXES:

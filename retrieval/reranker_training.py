@@ -54,8 +54,6 @@ LEARNING_RATE = 5e-5
 HEAD_LEARNING_RATE = 1e-3
 # the fused scores of a query's candidates lie within about 0.1 of each other: x20, about 2 nats apart
 FUSED_WEIGHT_INIT = 20.0
-LAYERS = 6  # of the embedder's transformer layers the cross-encoder keeps (the first ones)
-PAIR_TOKENS = 256  # query + passage a pair is cut to, in training and serving (kept in SETTINGS_FILE)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -172,11 +170,19 @@ def measure(groups: list[Group], scorer=None) -> Ranking:
 
 
 def fit(
-    groups: list[Group], init: Path, out: Path, epochs: int, progress: Progress | None = None, seed: int = 0
+    groups: list[Group],
+    init: Path,
+    out: Path,
+    epochs: int,
+    layers: int,
+    pair_tokens: int,
+    progress: Progress | None = None,
+    seed: int = 0,
 ) -> None:
-    """Fine-tune a cross-encoder from the embedder folder `init` on `groups` (softmax over each query's
-    passage and its hard negatives, each scored as its correction plus the weighted fused score) and save
-    it, with its tokenizer and its `fused_weight` (SETTINGS_FILE), as a transformers folder `out`."""
+    """Fine-tune a cross-encoder from the first `layers` layers of the embedder folder `init` on `groups`
+    (softmax over each query's passage and its hard negatives, each scored as its correction plus the
+    weighted fused score; pairs cut at `pair_tokens`) and save it, with its tokenizer, its `fused_weight`
+    and its pair length (SETTINGS_FILE, which serving reads), as a transformers folder `out`."""
     import torch
     from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
@@ -186,11 +192,11 @@ def fit(
     quiet_transformers()
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(str(init), num_labels=1, local_files_only=True)
-    _keep_layers(model, LAYERS)
+    _keep_layers(model, layers)
     torch.nn.init.zeros_(model.classifier.weight)  # no correction yet: the fused order
     torch.nn.init.zeros_(model.classifier.bias)
     weight = torch.nn.Parameter(torch.tensor(FUSED_WEIGHT_INIT))
-    tok = pair_tokenizer(init, padded=True, max_tokens=PAIR_TOKENS)
+    tok = pair_tokenizer(init, padded=True, max_tokens=pair_tokens)
     steps = epochs * math.ceil(len(groups) / BATCH_QUERIES)
     # the score head and the fused weight learn at HEAD_LEARNING_RATE, the pretrained body at LEARNING_RATE
     head = [weight] + [p for n, p in model.named_parameters() if n.startswith("classifier.")]
@@ -236,7 +242,7 @@ def fit(
                 progress("training", done, steps)
     model.eval()
     model.save_pretrained(str(out))
-    settings = {"fused_weight": weight.item(), "max_tokens": PAIR_TOKENS}
+    settings = {"fused_weight": weight.item(), "max_tokens": pair_tokens}
     (out / SETTINGS_FILE).write_text(json.dumps(settings), encoding="utf-8")
     for name in TOKENIZER_FILES:
         if (init / name).is_file():
@@ -314,7 +320,15 @@ def _train(index: Index, examples: list[Example], report: RerankerReport, progre
     staged = versions.staging()
     try:
         clock = time.perf_counter()
-        fit(train, Path(config.embedder_path()), staged / "model", config.reranker_epochs, progress)
+        fit(
+            train,
+            Path(config.embedder_path()),
+            staged / "model",
+            config.reranker_epochs,
+            config.reranker_layers,
+            config.reranker_pair_tokens,
+            progress,
+        )
         report.seconds["train"] = round(time.perf_counter() - clock, 1)
         clock = time.perf_counter()
         export(staged / "model", staged / ONNX_FILE, quantized=True, output="logits")

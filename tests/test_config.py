@@ -39,6 +39,7 @@ def test_precedence(home: Path):
         ("[ask]\nretrieval = 3\n", "expected true or false"),
         ("model = 3\n", "must be a [section] table"),
         ("[model\n", "not valid TOML"),
+        ("[retrieval]\nreranker_pair_tokens = 1024\n", "reranker_pair_tokens must be between 16 and 512"),
     ],
 )
 def test_bad_config_is_a_clear_error(home: Path, toml: str, message: str):

@@ -154,6 +154,8 @@ def trained(tmp_path_factory) -> tuple[Path, Assistant, RerankerReport, dict]:
         "retrieval.reranker_min_gain": "-1",
         "retrieval.reranker_queries": str(notes),
         "retrieval.reranker_nightly": "true",
+        "retrieval.reranker_layers": "2",  # the size the user configures is the size trained and served
+        "retrieval.reranker_pair_tokens": "64",
     }
     config = config_mod.load(home, overrides, environ={})
     assistant = Assistant(config)
@@ -200,6 +202,8 @@ def test_a_training_run_accounts_for_every_question_and_publishes_what_serves(tr
 
     version = RerankerVersions(home / "index").current()
     assert version.name == "v1" and (version.folder / ONNX_FILE).is_file()
+    assert json.loads((version.folder / "model" / "config.json").read_text())["num_hidden_layers"] == 2
+    assert OnnxCrossEncoder(version).settings["max_tokens"] == 64
     assert json.loads((version.folder / "report.json").read_text())["heldout"] == held
     # search now reranks with it: the fused top candidates reordered by the ONNX cross-encoder's scores
     index = assistant.documents.index
@@ -237,7 +241,7 @@ def test_before_any_step_the_reranker_orders_exactly_as_fusion(trained, tmp_path
 
 @pytest.mark.slow
 def test_a_smaller_reranker_serves_with_the_layers_and_pair_length_it_was_trained_with(
-    trained, tmp_path: Path, monkeypatch
+    trained, tmp_path: Path
 ):
     """Fewer layers and shorter pairs make a faster reranker: what a version was trained with is what it
     serves with (its ONNX file has those layers; its pairs are cut where training cut them), and the int8
@@ -248,12 +252,10 @@ def test_a_smaller_reranker_serves_with_the_layers_and_pair_length_it_was_traine
 
     from retrieval.trained_reranker import pair_tokenizer
 
-    monkeypatch.setattr(reranker_training, "LAYERS", 2)
-    monkeypatch.setattr(reranker_training, "PAIR_TOKENS", 24)
     _, assistant, _, _ = trained
     index = assistant.documents.index
     folder = tmp_path / "small"
-    groups, served = _fitted(index, PLACES[:3], 1, folder, epochs=2)
+    groups, served = _fitted(index, PLACES[:3], 1, folder, epochs=2, layers=2, pair_tokens=24)
     assert json.loads((folder / "model" / "config.json").read_text())["num_hidden_layers"] == 2
     g = groups[0]
     passages = [g.texts[c] for c in g.candidates]
@@ -274,16 +276,27 @@ def test_a_smaller_reranker_serves_with_the_layers_and_pair_length_it_was_traine
 INPUTS = (("input_ids", "ids"), ("attention_mask", "attention_mask"), ("token_type_ids", "type_ids"))
 
 
-def _fitted(index, places: list[str], rank: int, folder: Path, epochs: int):
+def _fitted(
+    index, places: list[str], rank: int, folder: Path, epochs: int, layers: int = 0, pair_tokens: int = 0
+):
     """(groups, version served from `folder`): a question per topic and place, whose own passage is fusion's
-    `rank`-th for it, fitted for `epochs` and exported to int8 ONNX as a trained version is."""
+    `rank`-th for it, fitted for `epochs` (with `layers` and `pair_tokens`; 0: the config's) and exported to
+    int8 ONNX as a trained version is."""
     from retrieval.onnx_embedder import export
 
     questions = [f"What was the advice on {topic} in {place}?" for topic, _ in TOPICS for place in places]
     own = [search(index, q, k=rank, rerank=False)[rank - 1].chunk.id for q in questions]
     examples = [Example(q, c) for q, c in zip(questions, own, strict=True)]
     groups, _ = reranker_training.build_groups(index, examples)
-    reranker_training.fit(groups, Path(index.config.embedder_path()), folder / "model", epochs=epochs)
+    config = index.config
+    reranker_training.fit(
+        groups,
+        Path(config.embedder_path()),
+        folder / "model",
+        epochs,
+        layers or config.reranker_layers,
+        pair_tokens or config.reranker_pair_tokens,
+    )
     export(folder / "model", folder / ONNX_FILE, quantized=True, output="logits")
     return groups, OnnxCrossEncoder(RerankerVersion(folder.name, folder, {}))
 
