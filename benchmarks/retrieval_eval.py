@@ -112,7 +112,8 @@ def main() -> None:
         "--reranker-size",
         metavar="LAYERS:TOKENS",
         help="--train-reranker: keep this many layers and cut pairs at this many tokens (default: the "
-        "config's reranker_layers:reranker_pair_tokens, 3:128), to measure another size",
+        f"config's, {RetrievalConfig.reranker_layers}:{RetrievalConfig.reranker_pair_tokens}), to measure "
+        "another size",
     )
     parser.add_argument("--fresh", action="store_true", help="rebuild the index from scratch")
     args = parser.parse_args()
