@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import beir_sets
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "out" / "cold_start"
 TARGETS = {"search": 1.0, "ask first token": 2.5}
@@ -57,30 +59,14 @@ def timed(cmd: list[str]) -> tuple[float, float | None, str]:
 def prepare(dataset: Path) -> tuple[Path, list[str]]:
     """A home with 200 of the corpus's documents indexed; the queries whose gold document is among them."""
     home, docs = OUT / "home", OUT / "docs"
-    docs.mkdir(parents=True, exist_ok=True)
-    kept = set()
-    with open(dataset / "corpus.jsonl", encoding="utf-8") as fh:
-        for line, _ in zip(fh, range(200), strict=False):
-            row = json.loads(line)
-            kept.add(row["_id"])
-            path = docs / f"{row['_id']}.md"
-            if not path.exists():
-                path.write_text(f"# {(row.get('title') or '').strip()}\n\n{row['text']}\n", encoding="utf-8")
+    data = beir_sets.read(dataset)
+    kept = dict(list(data.corpus.items())[:200])
+    beir_sets.write_docs(kept, docs)
     if not (home / "index" / "catalog.db").exists():
         subprocess.run(
             command(home, "index", str(docs)), env=env(), cwd=ROOT, check=True, capture_output=True
         )
-    gold = {}
-    with open(dataset / "qrels" / "test.tsv", encoding="utf-8") as fh:
-        for line in list(fh)[1:]:
-            qid, doc, _ = line.rstrip("\n").split("\t")
-            gold[qid] = doc
-    queries = []
-    with open(dataset / "queries.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            if gold.get(row["_id"]) in kept:
-                queries.append(row["text"])
+    queries = [text for qid, text in data.queries.items() if kept.keys() & data.qrels.get(qid, {}).keys()]
     return home, queries
 
 

@@ -23,18 +23,16 @@ the export timed).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
+import beir_sets
 import numpy as np
 
 from retrieval.config import embedded_embedder_path
@@ -45,53 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("torch", "onnx-fp32", "onnx")
 
 
-def read_beir(folder: Path, n_docs: int, n_queries: int) -> tuple[dict, dict, dict]:
-    """The first n_queries queries whose gold documents all fall in a subsample of n_docs documents: the gold
-    documents of those queries first, then others in corpus order as distractors."""
-    corpus = {}
-    with open(folder / "corpus.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            corpus[row["_id"]] = row
-    queries = {}
-    with open(folder / "queries.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            queries[row["_id"]] = row["text"]
-    qrels: dict[str, dict[str, float]] = defaultdict(dict)
-    with open(folder / "qrels" / "test.tsv", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            if float(row["score"]) > 0 and row["corpus-id"] in corpus:
-                qrels[row["query-id"]][row["corpus-id"]] = float(row["score"])
-    keep: dict[str, None] = {}
-    chosen = []
-    for qid in queries:
-        gold = qrels.get(qid)
-        if not gold or len(chosen) >= n_queries or len(keep) + len(gold) > n_docs:
-            continue
-        chosen.append(qid)
-        keep.update(dict.fromkeys(gold))
-    for doc_id in corpus:
-        if len(keep) >= n_docs:
-            break
-        keep.setdefault(doc_id)
-    return (
-        {d: corpus[d] for d in keep},
-        {q: queries[q] for q in chosen},
-        {q: qrels[q] for q in chosen},
-    )
-
-
 def doc_text(row: dict) -> str:
     """A document as the indexer embeds it: its heading (the title), then its text."""
     title = (row.get("title") or "").strip()
     return f"{title}\n\n{row['text']}" if title else row["text"]
-
-
-def ndcg_recall(ranked: list[str], relevant: dict[str, float]) -> tuple[float, float]:
-    dcg = sum(relevant.get(d, 0.0) / math.log2(i + 2) for i, d in enumerate(ranked[:10]))
-    ideal = sum(g / math.log2(i + 2) for i, g in enumerate(sorted(relevant.values(), reverse=True)[:10]))
-    return (dcg / ideal if ideal else 0.0), len(set(ranked[:10]) & set(relevant)) / len(relevant)
 
 
 def make(backend: str):
@@ -141,11 +96,7 @@ def imported(stderr: str, module: str) -> bool:
 def cold_start(backends: list[str], corpus: dict, query: str, runs: int) -> dict[str, dict]:
     """Whole `nightjar search` processes: a torch-built home serves torch and onnx-fp32, an int8 one onnx."""
     docs = OUT / "cold" / "docs"
-    docs.mkdir(parents=True, exist_ok=True)
-    for doc_id, row in list(corpus.items())[:200]:
-        path = docs / f"{doc_id}.md"
-        if not path.exists():
-            path.write_text(f"# {(row.get('title') or '').strip()}\n\n{row['text']}\n", encoding="utf-8")
+    beir_sets.write_docs(dict(list(corpus.items())[:200]), docs)
     homes = {"torch": OUT / "cold" / "home-torch", "onnx": OUT / "cold" / "home-int8"}
     out = {}
     for backend in backends:
@@ -187,7 +138,8 @@ def main() -> None:
         shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True, exist_ok=True)
 
-    corpus, queries, qrels = read_beir(args.dataset, args.docs, args.queries)
+    data = beir_sets.subsample(beir_sets.read(args.dataset), args.docs, args.queries)
+    corpus, queries, qrels = data.corpus, data.queries, data.qrels
     doc_ids = list(corpus)
     texts = [doc_text(corpus[d]) for d in doc_ids]
     qids = list(queries)
@@ -206,13 +158,10 @@ def main() -> None:
             reference = vectors
         p50, p95, qvectors = query_latency(embedder, [queries[q] for q in qids])
         scores = qvectors @ vectors.T
-        ndcg, recall = zip(
-            *(
-                ndcg_recall([doc_ids[i] for i in np.argsort(-scores[row])[:10]], qrels[q])
-                for row, q in enumerate(qids)
-            ),
-            strict=True,
-        )
+        per_query = [
+            beir_sets.metrics([doc_ids[i] for i in np.argsort(-scores[row])[:10]], qrels[q])
+            for row, q in enumerate(qids)
+        ]
         cosine = (vectors * reference).sum(1)
         results[backend] = {
             "name": embedder.name,
@@ -221,8 +170,8 @@ def main() -> None:
             "chunks_per_s": rate,
             "query_p50_ms": p50,
             "query_p95_ms": p95,
-            "ndcg@10": statistics.fmean(ndcg),
-            "recall@10": statistics.fmean(recall),
+            "ndcg@10": statistics.fmean(m["nDCG@10"] for m in per_query),
+            "recall@10": statistics.fmean(m["Recall@10"] for m in per_query),
             "cosine_min": float(cosine.min()),
             "cosine_mean": float(cosine.mean()),
         }

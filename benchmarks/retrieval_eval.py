@@ -23,9 +23,7 @@ The index is kept under benchmarks/out/ (re-runs embed nothing new); --fresh reb
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import shutil
 import statistics
 import sys
@@ -34,53 +32,14 @@ from collections import defaultdict
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import beir_sets
+
 from retrieval.config import RetrievalConfig
 from retrieval.index import Index
 from retrieval.indexer import update
 from retrieval.search import describe_fusion, search
 
 OUT = Path(__file__).resolve().parent / "out" / "retrieval_eval"
-
-
-def read_beir(folder: Path) -> tuple[dict, dict, dict]:
-    corpus = {}
-    with open(folder / "corpus.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            corpus[row["_id"]] = row
-    queries = {}
-    with open(folder / "queries.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            queries[row["_id"]] = row["text"]
-    qrels: dict[str, dict[str, float]] = defaultdict(dict)
-    with open(folder / "qrels" / "test.tsv", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            if float(row["score"]) > 0:
-                qrels[row["query-id"]][row["corpus-id"]] = float(row["score"])
-    return corpus, queries, dict(qrels)
-
-
-def write_docs(corpus: dict, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for doc_id, row in corpus.items():
-        path = folder / f"{doc_id}.md"
-        title = (row.get("title") or "").strip()
-        text = f"# {title}\n\n{row['text']}\n" if title else f"{row['text']}\n"
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            path.write_text(text, encoding="utf-8")
-
-
-def metrics(ranked: list[str], relevant: dict[str, float]) -> dict[str, float]:
-    dcg = sum(relevant.get(d, 0.0) / math.log2(i + 2) for i, d in enumerate(ranked[:10]))
-    ideal = sum(g / math.log2(i + 2) for i, g in enumerate(sorted(relevant.values(), reverse=True)[:10]))
-    mrr = next((1.0 / (i + 1) for i, d in enumerate(ranked[:10]) if d in relevant), 0.0)
-    return {
-        "nDCG@10": dcg / ideal if ideal else 0.0,
-        "Recall@10": len(set(ranked[:10]) & set(relevant)) / len(relevant),
-        "Recall@100": len(set(ranked[:100]) & set(relevant)) / len(relevant),
-        "MRR@10": mrr,
-    }
 
 
 def main() -> None:
@@ -119,11 +78,12 @@ def main() -> None:
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # each figure as soon as it is measured
 
-    corpus, queries, qrels = read_beir(args.dataset)
+    data = beir_sets.read(args.dataset)
+    corpus, queries, qrels = data.corpus, data.queries, data.qrels
     work = OUT / args.dataset.resolve().parent.name / args.dataset.name
     if args.fresh:
         shutil.rmtree(work, ignore_errors=True)
-    write_docs(corpus, work / "docs")
+    beir_sets.write_docs(corpus, work / "docs")
     config = RetrievalConfig(
         embedder=args.embedder,
         reranker=args.reranker,
@@ -169,7 +129,7 @@ def main() -> None:
             hits = search(index, queries[qid], k=100, mode=mode, rerank=rerank)
             times.append(time.perf_counter() - start)
             ranked = list(dict.fromkeys(Path(h.chunk.source).stem for h in hits))
-            for key, value in metrics(ranked, qrels[qid]).items():
+            for key, value in beir_sets.metrics(ranked, qrels[qid]).items():
                 totals[key].append(value)
         mean = {k: statistics.fmean(v) for k, v in totals.items()}
         print(
