@@ -55,10 +55,11 @@ class RetrievalConfig:
     reranker_queries: int = 400  # passages the model writes a question for, per training run
     reranker_epochs: int = 3
     # its size: the embedder's first reranker_layers layers, reading query + passage cut at
-    # reranker_pair_tokens. 3 x 128 reranks 20 candidates in 140 ms p50 on 2 AVX2 cores, 6 x 256 in 300 ms,
-    # and neither ranks measurably better than the other on nq-open or PubMedQA (see README)
+    # reranker_pair_tokens. 3 x 112 reranks 20 candidates in 142 ms p50 on 2 AVX2 cores (PubMedQA), 3 x 128
+    # in 167 ms, 6 x 256 in 300 ms, and none ranks measurably better than another on nq-open or PubMedQA
+    # (see README)
     reranker_layers: int = 3
-    reranker_pair_tokens: int = 128
+    reranker_pair_tokens: int = 112
     reranker_min_gain: float = 0.01  # held-out MRR@10 gain a new version needs over what serves
     sources: int = 5  # chunks given to the model as numbered sources (fewer if the context is short)
     # a chunk is relevant enough to answer from when its dense cosine similarity to the question reaches
